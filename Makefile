@@ -1,0 +1,33 @@
+# Every target sets itself up: the virtual environment is created and the project installed
+# (with its test extras) when missing or when pyproject.toml is newer than the last install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+XLA_DEVICES := --xla_force_host_platform_device_count=4
+DEMO_DIR ?= runs/demo
+
+.PHONY: test test-fast demo install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The whole suite. Multi-device tests start their own subprocesses with 4 CPU devices.
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+# The suite without the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" tests
+
+# A short checkerboard LSD training on this CPU, then evaluation (KL table) and a figure.
+demo: $(STAMP)
+	$(PY) -m flow_maps.main --config=configs/checkerboard_lsd.py:demo --workdir=$(DEMO_DIR) --mode=train_and_eval
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,112 @@
+"""The flow map X_{s,t}(x) = x + (t - s) v_{s,t}(x) and its derivatives: the one place they live.
+
+`method.md` §2. A network answers v_{s,t}(x); everything else is derived here:
+  - the map X_{s,t}(x) = x + (t - s) v_{s,t}(x), so X_{s,s} = id exactly;
+  - the velocity b_t(x) = v_{t,t}(x) (the tangent condition);
+  - d/dt X, d/ds X and the spatial directional derivative grad_x X . dx, each by one `jax.jvp`.
+
+Everything is batched over a leading axis: times have shape [B] and states [B, ...]. Samples never
+interact inside a network, so a jvp with an all-ones time tangent gives every sample's own time
+derivative at once.
+
+A *velocity field* here is any function `v(s, t, x) -> v_{s,t}(x)` with those shapes: a network
+with its parameters bound (`FlowMapModel.bind`), or a closed form in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flow_maps.interpolants import per_sample
+
+Array = jax.Array
+VelocityField = Callable[[Array, Array, Array], Array]
+
+
+def flow_map(v: VelocityField, s: Array, t: Array, x: Array) -> Array:
+  """X_{s,t}(x) = x + (t - s) v_{s,t}(x)."""
+  return x + per_sample(t - s, x) * v(s, t, x)
+
+
+def velocity(v: VelocityField, t: Array, x: Array) -> Array:
+  """b_t(x) = v_{t,t}(x): the network's diagonal is the probability-flow velocity."""
+  return v(t, t, x)
+
+
+def flow_map_and_dt(v: VelocityField, s: Array, t: Array, x: Array) -> tuple[Array, Array]:
+  """(X_{s,t}(x), d/dt X_{s,t}(x)) by one jvp in t."""
+  return jax.jvp(lambda t_: flow_map(v, s, t_, x), (t,), (jnp.ones_like(t),))
+
+
+def flow_map_and_ds(v: VelocityField, s: Array, t: Array, x: Array) -> tuple[Array, Array]:
+  """(X_{s,t}(x), d/ds X_{s,t}(x)) by one jvp in s."""
+  return jax.jvp(lambda s_: flow_map(v, s_, t, x), (s,), (jnp.ones_like(s),))
+
+
+def flow_map_and_dx(v: VelocityField, s: Array, t: Array, x: Array,
+                    dx: Array) -> tuple[Array, Array]:
+  """(X_{s,t}(x), grad_x X_{s,t}(x) . dx) by one jvp in x with tangent dx."""
+  return jax.jvp(lambda x_: flow_map(v, s, t, x_), (x,), (dx,))
+
+
+def sample(v: VelocityField, x0: Array, grid: Array) -> Array:
+  """Applies the map along a time grid: x_{k+1} = X_{t_k, t_{k+1}}(x_k) (`method.md` §2)."""
+  batch = x0.shape[0]
+
+  def step(x, times):
+    s, t = times
+    return flow_map(v, jnp.full((batch,), s, x.dtype), jnp.full((batch,), t, x.dtype), x), None
+
+  x, _ = jax.lax.scan(step, x0, (grid[:-1], grid[1:]))
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowMapModel:
+  """Functional view of a flow-map network (a flax module).
+
+  The module is called as `module(s, t, x, train=...) -> v_{s,t}(x)`, with s, t of shape [B] and
+  x of shape [B, ...]. If `module.learn_weight` is true it also has `log_weight(s, t) -> [B]`,
+  the learned log-weight w(s, t) of `method.md` §4. Dropout, where the module has it, draws from
+  the "dropout" RNG stream.
+  """
+
+  module: nn.Module
+
+  @property
+  def learns_weight(self) -> bool:
+    return bool(getattr(self.module, "learn_weight", False))
+
+  def init(self, key: Array, x: Array) -> Any:
+    """Initial parameters, with the weight head's if the module learns one."""
+    batch = x.shape[0]
+    s = jnp.zeros((batch,), x.dtype)
+
+    def both(module, s, t, x):
+      v = module(s, t, x, train=False)
+      if self.learns_weight:
+        module.log_weight(s, t)
+      return v
+
+    params_key, dropout_key = jax.random.split(key)
+    return self.module.init({"params": params_key, "dropout": dropout_key}, s, s, x,
+                            method=both)["params"]
+
+  def bind(self, params: Any, dropout_key: Optional[Array] = None) -> VelocityField:
+    """The velocity field (s, t, x) -> v_{s,t}(x) of these parameters.
+
+    With a dropout key the network runs in training mode (dropout on, the same mask for a primal
+    and its tangents); without one it runs deterministically.
+    """
+    if dropout_key is None:
+      return lambda s, t, x: self.module.apply({"params": params}, s, t, x, train=False)
+    return lambda s, t, x: self.module.apply({"params": params}, s, t, x, train=True,
+                                             rngs={"dropout": dropout_key})
+
+  def log_weight(self, params: Any, s: Array, t: Array) -> Array:
+    return self.module.apply({"params": params}, s, t, method=type(self.module).log_weight)
