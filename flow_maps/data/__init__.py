@@ -1,0 +1,40 @@
+"""Data sources.
+
+Two kinds, one per family:
+  - 2-D toy data (`toy2d.py`) is drawn in JAX from the step's key inside the train step, so a
+    resumed or multi-device run needs no pipeline state at all;
+  - images (`images.py`) come from the host with random access by step, so the position a
+    checkpoint records is the step itself.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+TOY_DATASETS = ("checkerboard", "gaussian_mixture")
+IMAGE_DATASETS = ("cifar10", "celeba64", "digits", "mnist5k")
+DATASETS = TOY_DATASETS + IMAGE_DATASETS
+
+
+def is_toy(config: ml_collections.ConfigDict) -> bool:
+  return config.data.name in TOY_DATASETS
+
+
+def toy_dataset(config: ml_collections.ConfigDict):
+  from flow_maps.data import toy2d
+  params = {k: v for k, v in config.data.items() if k != "name"}
+  return toy2d.get_toy_dataset(config.data.name, **params)
+
+
+def image_dataset(config: ml_collections.ConfigDict, split: str = "train"):
+  from flow_maps.data import images
+  return images.get_image_dataset(config.data.name, split, data_dir=config.data.get("data_dir"),
+                                  seed=config.seed)
+
+
+def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The shape of one sample, without loading any data."""
+  if is_toy(config):
+    return (2,)
+  from flow_maps.data import images
+  return tuple(images.dataset_info(config.data.name).shape)

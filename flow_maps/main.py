@@ -1,0 +1,35 @@
+"""Entry point: `python -m flow_maps.main --config=configs/<experiment>.py --workdir=DIR`.
+
+Modes: train (resumes from DIR's latest checkpoint), eval, sample, and train_and_eval (train,
+then evaluate the final state: the demo). Overrides: `--config.train.num_steps=2000` and the like.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "train_and_eval"],
+                          "What to do.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
+    "multi-host run (TPU pods and SLURM are detected automatically; otherwise set "
+    "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  import jax
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from flow_maps import run
+  sys.exit(run.run(_CONFIG.value, _WORKDIR.value, _MODE.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,373 @@
+"""Train state, the data-parallel train step, and the training loop.
+
+Read top to bottom: the experiment (everything static a run is built from), the state, the step,
+then `train`, the loop that checkpoints, logs and resumes.
+
+One code path for one device and many: a mesh with one `data` axis over every device of every
+host; the state is replicated, the batch is split along the data axis, and `jax.jit` inserts the
+gradient all-reduce. The batch layout of `times.py` keeps the diagonal fraction on every device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from flow_maps import checkpoints as ckpt_lib
+from flow_maps import data as data_lib
+from flow_maps import interpolants, networks, objectives, optim, times, validation
+from flow_maps.flow_map import FlowMapModel
+
+# XLA on CPU with several fake devices deadlocks when more than ~32 steps are queued without a
+# sync; reading the metrics every SYNC_EVERY steps is that sync.
+SYNC_EVERY = 16
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became non-finite; the state was not updated and nothing was checkpointed."""
+
+
+# --------------------------------------------------------------------------- the experiment
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything static a run is built from its config: built once, never mutated."""
+
+  config: ml_collections.ConfigDict
+  model: FlowMapModel
+  project: Optional[Callable[[Any], Any]]  # applied to the parameters after every update
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+  objective: objectives.Objective
+  interpolant: interpolants.Interpolant
+  data_shape: tuple[int, ...]
+  mesh: Mesh
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P())
+
+  @property
+  def batch_sharding(self) -> NamedSharding:
+    return NamedSharding(self.mesh, P("data"))
+
+  @property
+  def ema_decays(self) -> tuple[float, ...]:
+    return tuple(self.config.train.ema_decays)
+
+  def select_params(self, state: "TrainState", name: str) -> Any:
+    """'online' or 'ema_<decay>' (see `validation.params_choices`)."""
+    if name == "online":
+      return state.params
+    names = [validation.ema_name(d) for d in self.ema_decays]
+    return state.ema[names.index(name)]
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates the config (raising `validation.ConfigError`) and builds the static parts."""
+  mesh = make_mesh()
+  validation.validate(config, num_devices=mesh.size)
+  shape = data_lib.data_shape(config)
+  module, project = networks.build_network(config, shape)
+  opt_config = config.optim
+  return Experiment(
+      config=config,
+      model=FlowMapModel(module),
+      project=project,
+      optimizer=optim.make_optimizer(opt_config),
+      schedule=optim.learning_rate_schedule(opt_config),
+      objective=objectives.Objective(
+          name=config.objective.name, stop_gradient=config.objective.stop_gradient,
+          diagonal_fraction=config.objective.diagonal_fraction, psd_h=config.objective.psd_h),
+      interpolant=interpolants.get_interpolant(config.interpolant.name,
+                                               config.interpolant.sigma0),
+      data_shape=shape,
+      mesh=mesh,
+  )
+
+
+# --------------------------------------------------------------------------- the state
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates done
+  params: Any
+  opt_state: Any
+  ema: tuple  # one parameter tree per decay, in the order of config.train.ema_decays
+  rng: jax.Array  # the run's base key; step k uses fold_in(rng, k)
+
+
+def init_state(exp: Experiment) -> TrainState:
+  """The initial state, replicated over the mesh."""
+
+  def init():
+    key = jax.random.PRNGKey(exp.config.seed)
+    key_init, key_run = jax.random.split(key)
+    x = jnp.zeros((1,) + exp.data_shape, jnp.float32)
+    params = exp.model.init(key_init, x)
+    if exp.project is not None:
+      params = exp.project(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=exp.optimizer.init(params),
+                      ema=tuple(params for _ in exp.ema_decays), rng=key_run)
+
+  return jax.jit(init, out_shardings=exp.replicated)()
+
+
+def parameter_count(params: Any) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def make_train_step(exp: Experiment, toy_dataset: Any = None
+                    ) -> Callable[[TrainState, Optional[jax.Array]], tuple[TrainState, dict]]:
+  """The jitted step `(state, batch) -> (state, metrics)`.
+
+  With a toy dataset the batch is drawn inside the step from the step's key (pass None).
+  A step whose loss or gradient is not finite leaves the state as it was (step included); the
+  loop sees the metrics and stops.
+  """
+  config = exp.config
+  batch_size = config.train.batch_size
+  teacher = config.objective.teacher
+  anneal_start = config.objective.anneal_start
+  anneal_steps = config.objective.anneal_steps
+  decays = exp.ema_decays
+
+  def step_fn(state: TrainState, x1: Optional[jax.Array]):
+    key = jax.random.fold_in(state.rng, state.step)
+    key_data, key_loss = jax.random.split(key)
+    if toy_dataset is not None:
+      x1 = toy_dataset.sample(key_data, batch_size)
+    x1 = jax.lax.with_sharding_constraint(x1, exp.batch_sharding)
+    teacher_params = None if teacher == "online" else exp.select_params(state, teacher)
+    gap = times.max_gap(state.step, anneal_start, anneal_steps)
+
+    def loss_fn(params):
+      return objectives.loss(exp.model, params, x1, key_loss, objective=exp.objective,
+                             interpolant=exp.interpolant, teacher_params=teacher_params,
+                             gap=gap, train=True)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if exp.project is not None:
+      params = exp.project(params)
+    ema = tuple(
+        jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, e_tree, params)
+        for d, e_tree in zip(decays, state.ema))
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    metrics = dict(metrics, grad_norm=grad_norm, learning_rate=exp.schedule(state.step),
+                   max_gap=gap)
+    return new, metrics
+
+  return jax.jit(step_fn, in_shardings=(exp.replicated, exp.batch_sharding),
+                 out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _StopRequest:
+  """Turns SIGTERM / SIGINT into a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class _MetricsLog:
+  """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events via clu."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    from clu import metric_writers  # imports TensorFlow: only when training
+    self.is_chief = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if self.is_chief:
+      self._truncate_after(resume_step)
+    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_chief)
+
+  def _truncate_after(self, step: int) -> None:
+    """Drops lines logged after the checkpoint we resume from: they will be logged again."""
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(lines)
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    self.writer.write_scalars(step, scalars)
+    if self.is_chief:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+  def close(self) -> None:
+    self.writer.flush()
+    self.writer.close()
+
+
+def _format_duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def write_run_files(exp: Experiment, workdir: str, state: TrainState) -> None:
+  """The resolved config and what was derived from it, written at start."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(exp.config.to_json_best_effort(indent=2, sort_keys=True))
+  layout = exp.objective.layout
+  n_diag, n_off = layout.counts(exp.config.train.batch_size)
+  info = {
+      "devices": exp.mesh.size,
+      "processes": jax.process_count(),
+      "platform": jax.devices()[0].platform,
+      "global_batch": exp.config.train.batch_size,
+      "per_device_batch": exp.config.train.batch_size // exp.mesh.size,
+      "diagonal_rows": n_diag,
+      "off_diagonal_rows": n_off,
+      "layout_period": layout.period,
+      "data_shape": list(exp.data_shape),
+      "parameters": parameter_count(state.params),
+  }
+  with open(os.path.join(workdir, "run_info.json"), "w") as f:
+    json.dump(info, f, indent=2)
+
+
+def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainState:
+  """The latest checkpoint in the workdir if there is one, else a fresh state."""
+  state = init_state(exp)
+  if manager.latest_step() is not None:
+    state = manager.restore(state)
+  return state
+
+
+def _host_batch(exp: Experiment, images: Any, step: int) -> jax.Array:
+  """This step's global image batch, each process reading its own slice."""
+  local = images.batch(step, exp.config.train.batch_size, jax.process_index(),
+                       jax.process_count())
+  global_shape = (exp.config.train.batch_size,) + exp.data_shape
+  return jax.make_array_from_process_local_data(exp.batch_sharding, local, global_shape)
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+  bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+  if bad:
+    terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step}: {terms}. The state was not updated and no checkpoint "
+        "was written for this step; the last good checkpoint is intact.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          exp: Optional[Experiment] = None) -> tuple[TrainState, Optional[int]]:
+  """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint.
+
+  Returns the final state and, if the run was stopped by SIGTERM or SIGINT (after saving a
+  checkpoint), that signal's number, else None.
+  """
+  exp = exp or build_experiment(config)
+  tc = config.train
+  toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
+  images = None if toy is not None else data_lib.image_dataset(config, "train")
+  manager = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints)
+  state = restore_or_init(exp, manager)
+  start = int(state.step)
+  write_run_files(exp, workdir, state)
+  if jax.process_index() == 0:
+    print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
+          f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
+          f"{parameter_count(state.params):,} parameters", flush=True)
+  step_fn = make_train_step(exp, toy)
+  log = _MetricsLog(workdir, start)
+  sync_every = min(SYNC_EVERY, tc.log_every)
+  pending: list[tuple[int, dict]] = []
+  window: dict[str, list[float]] = {}
+  window_start, window_steps = time.perf_counter(), 0
+  run_start, steps_done = time.perf_counter(), 0
+  step = start
+  stopped_by = None
+  try:
+    with _StopRequest() as stop:
+      while step < tc.num_steps:
+        batch = None if toy is not None else _host_batch(exp, images, step)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        boundary = step % tc.log_every == 0 or step % tc.checkpoint_every == 0
+        if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
+          continue
+        for k, m in jax.device_get(pending):
+          m = {name: float(v) for name, v in m.items()}
+          _check_finite(k, m)
+          for name, v in m.items():
+            window.setdefault(name, []).append(v)
+        window_steps += len(pending)
+        steps_done += len(pending)
+        pending = []
+        if step % tc.log_every == 0 or step == tc.num_steps:
+          elapsed = time.perf_counter() - window_start
+          scalars = {name: float(np.mean(v)) for name, v in window.items()}
+          scalars["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+          log.write(step, scalars)
+          if jax.process_index() == 0:
+            rate = steps_done / max(time.perf_counter() - run_start, 1e-9)
+            eta = _format_duration((tc.num_steps - step) / max(rate, 1e-9))
+            terms = "  ".join(f"{k} {scalars[k]:.4g}" for k in window
+                              if k not in ("loss", "learning_rate", "max_gap"))
+            print(f"step {step}/{tc.num_steps}  loss {scalars['loss']:.4g}  {terms}  "
+                  f"{scalars['steps_per_sec']:.1f} steps/s  ETA {eta}", flush=True)
+          window, window_start, window_steps = {}, time.perf_counter(), 0
+        if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop.signum:
+          manager.save(step, state)
+        if stop.signum:
+          stopped_by = stop.signum
+          if jax.process_index() == 0:
+            print(f"received signal {stop.signum}: saved a checkpoint at step {step}, stopping",
+                  flush=True)
+          break
+  finally:
+    manager.close()
+    log.close()
+  return state, stopped_by

@@ -1,0 +1,126 @@
+"""Config validation: once, before anything compiles, with errors that name the field."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import ml_collections
+
+from flow_maps import data as data_lib
+from flow_maps import interpolants, networks, objectives, optim, times
+
+
+class ConfigError(ValueError):
+  """A user's config is wrong; the message names the field and what is allowed."""
+
+
+def _fail(field: str, message: str):
+  raise ConfigError(f"{field}: {message}")
+
+
+def _require(config: ml_collections.ConfigDict, field: str) -> Any:
+  node = config
+  for part in field.split("."):
+    if part not in node:
+      _fail(field, "missing from the config")
+    node = node[part]
+  return node
+
+
+def _choice(config, field: str, allowed: Iterable[str]):
+  value = _require(config, field)
+  allowed = tuple(allowed)
+  if value not in allowed:
+    _fail(field, f"unknown value {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _number(config, field: str, *, low=None, high=None, integer=False, low_open=False):
+  value = _require(config, field)
+  kind = "an integer" if integer else "a number"
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+      integer and not isinstance(value, int)):
+    _fail(field, f"must be {kind}, got {value!r}")
+  if not math.isfinite(value):
+    _fail(field, f"must be finite, got {value!r}")
+  if low is not None and (value < low or (low_open and value == low)):
+    _fail(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+  if high is not None and value > high:
+    _fail(field, f"must be <= {high}, got {value!r}")
+
+
+def ema_name(decay: float) -> str:
+  return f"ema_{decay:g}"
+
+
+def params_choices(config) -> tuple[str, ...]:
+  """Names of the parameter sets a run keeps: 'online' and one 'ema_<decay>' per EMA decay."""
+  return ("online",) + tuple(ema_name(d) for d in config.train.ema_decays)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ConfigError for the first problem found."""
+  _number(config, "seed", integer=True)
+  _choice(config, "data.name", data_lib.DATASETS)
+  _choice(config, "interpolant.name", interpolants.INTERPOLANTS)
+  _number(config, "interpolant.sigma0", low=0, low_open=True)
+  _choice(config, "model.name", networks.NETWORKS)
+
+  _choice(config, "objective.name", objectives.OBJECTIVES)
+  _choice(config, "objective.stop_gradient", objectives.STOP_GRADIENTS)
+  _choice(config, "objective.psd_h", ("uniform", "midpoint"))
+  _number(config, "objective.diagonal_fraction", low=0.0, high=1.0)
+  try:
+    layout = times.diagonal_layout(config.objective.diagonal_fraction)
+  except ValueError as e:
+    _fail("objective.diagonal_fraction", str(e))
+  if config.objective.name == "flow_matching" and config.objective.diagonal_fraction != 1.0:
+    _fail("objective.diagonal_fraction",
+          f"flow_matching trains on the diagonal only and needs 1.0, got "
+          f"{config.objective.diagonal_fraction}")
+  _number(config, "objective.anneal_start", low=0, integer=True)
+  _number(config, "objective.anneal_steps", low=0, integer=True)
+
+  _choice(config, "optim.name", optim.OPTIMIZERS)
+  _number(config, "optim.learning_rate", low=0, low_open=True)
+  _number(config, "optim.b1", low=0.0, high=1.0)
+  _number(config, "optim.b2", low=0.0, high=1.0)
+  _number(config, "optim.clip_norm", low=0.0)
+  _number(config, "optim.warmup_steps", low=0, integer=True)
+  _number(config, "optim.decay_start", low=0, integer=True)
+
+  _number(config, "train.num_steps", low=0, integer=True)
+  _number(config, "train.batch_size", low=1, integer=True)
+  for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _number(config, f"train.{field}", low=1, integer=True)
+  _number(config, "train.eval_every", low=0, integer=True)
+  decays = _require(config, "train.ema_decays")
+  if not isinstance(decays, (tuple, list)):
+    _fail("train.ema_decays", f"must be a tuple of decays in (0, 1), got {decays!r}")
+  for d in decays:
+    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
+      _fail("train.ema_decays", f"each decay must lie in (0, 1), got {d!r}")
+  if len(set(ema_name(d) for d in decays)) != len(decays):
+    _fail("train.ema_decays", f"decays must be distinct, got {tuple(decays)}")
+
+  _choice(config, "objective.teacher", params_choices(config))
+  _choice(config, "eval.params", params_choices(config))
+
+  batch = config.train.batch_size
+  if batch % num_devices:
+    _fail("train.batch_size", f"the global batch {batch} is not divisible by the {num_devices} "
+          "devices")
+  per_device = batch // num_devices
+  if per_device % layout.period:
+    _fail("train.batch_size",
+          f"the per-device batch {per_device} ({batch} over {num_devices} devices) must be a "
+          f"multiple of {layout.period} so that the diagonal fraction "
+          f"{config.objective.diagonal_fraction} holds on every device")
+  for field in ("eval.steps", "sample.steps"):
+    steps = _require(config, field)
+    if not isinstance(steps, (tuple, list)) or not steps or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps):
+      _fail(field, f"must be a non-empty tuple of step counts >= 1, got {steps!r}")
+  _number(config, "eval.num_samples", low=1, integer=True)
+  _number(config, "eval.batch_size", low=1, integer=True)
+  _number(config, "sample.num_samples", low=1, integer=True)
