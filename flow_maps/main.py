@@ -4,9 +4,14 @@ Modes: train (resumes from DIR's latest checkpoint), eval, sample, and train_and
 then evaluate the final state: the demo). Overrides: `--config.train.num_steps=2000` and the like.
 """
 
+import os
 import sys
 
-from absl import app, flags
+# TensorFlow only reads data and writes TensorBoard events here: keep it quiet and off oneDNN.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -24,6 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and clu are chatty at INFO
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize()

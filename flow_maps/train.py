@@ -325,7 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   pending: list[tuple[int, dict]] = []
   window: dict[str, list[float]] = {}
   window_start, window_steps = time.perf_counter(), 0
-  run_start, steps_done = time.perf_counter(), 0
+  rate_start, rate_steps = None, 0  # steps/s for the ETA, counted from the first sync (compiled)
   step = start
   stopped_by = None
   try:
@@ -344,7 +344,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           for name, v in m.items():
             window.setdefault(name, []).append(v)
         window_steps += len(pending)
-        steps_done += len(pending)
+        if rate_start is None:
+          rate_start = time.perf_counter()
+        else:
+          rate_steps += len(pending)
         pending = []
         if step % tc.log_every == 0 or step == tc.num_steps:
           elapsed = time.perf_counter() - window_start
@@ -352,8 +355,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           scalars["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
           log.write(step, scalars)
           if jax.process_index() == 0:
-            rate = steps_done / max(time.perf_counter() - run_start, 1e-9)
-            eta = _format_duration((tc.num_steps - step) / max(rate, 1e-9))
+            rate = rate_steps / max(time.perf_counter() - rate_start, 1e-9)
+            eta = _format_duration((tc.num_steps - step) / rate) if rate_steps else "?"
             terms = "  ".join(f"{k} {scalars[k]:.4g}" for k in window
                               if k not in ("loss", "learning_rate", "max_gap"))
             print(f"step {step}/{tc.num_steps}  loss {scalars['loss']:.4g}  {terms}  "
