@@ -1,10 +1,7 @@
-"""Checkerboard, Eulerian self-distillation (ESD), as published: full stop-gradient (`method.md` §3)."""
+"""Checkerboard, Eulerian self-distillation (ESD), full stop-gradient, as published."""
 
 from flow_maps import config_defaults
 
 
 def get_config(variant=None):
-  config = config_defaults.checkerboard(variant)
-  config.objective.name = "esd"
-  config.objective.stop_gradient = "full"
-  return config
+  return config_defaults.with_objective(config_defaults.checkerboard(variant), "esd")

@@ -1,10 +1,7 @@
-"""Checkerboard, Lagrangian self-distillation (LSD), as published (`method.md` §5)."""
+"""Checkerboard, Lagrangian self-distillation (LSD), teacher stop-gradient, as published."""
 
 from flow_maps import config_defaults
 
 
 def get_config(variant=None):
-  config = config_defaults.checkerboard(variant)
-  config.objective.name = "lsd"
-  config.objective.stop_gradient = "teacher"
-  return config
+  return config_defaults.with_objective(config_defaults.checkerboard(variant), "lsd")

@@ -4,8 +4,4 @@ from flow_maps import config_defaults
 
 
 def get_config(variant=None):
-  config = config_defaults.checkerboard(variant)
-  config.objective.name = "psd"
-  config.objective.psd_h = "uniform"
-  config.objective.stop_gradient = "teacher"
-  return config
+  return config_defaults.with_objective(config_defaults.checkerboard(variant), "psd_u")

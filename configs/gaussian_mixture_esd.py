@@ -1,0 +1,7 @@
+"""Eight-Gaussian ring, Eulerian self-distillation (ESD), full stop-gradient, as published."""
+
+from flow_maps import config_defaults
+
+
+def get_config(variant=None):
+  return config_defaults.with_objective(config_defaults.gaussian_mixture(variant), "esd")

@@ -1,0 +1,7 @@
+"""Eight-Gaussian ring, progressive self-distillation with the midpoint u (PSD-M: the shortcut-model objective)."""
+
+from flow_maps import config_defaults
+
+
+def get_config(variant=None):
+  return config_defaults.with_objective(config_defaults.gaussian_mixture(variant), "psd_m")
