@@ -80,19 +80,35 @@ def common() -> ml_collections.ConfigDict:
   return c
 
 
-def checkerboard(variant: str | None = None) -> ml_collections.ConfigDict:
-  """The paper's checkerboard (`method.md` §5): MLP 5 x 512 GELU, RAdam 1e-3, clip 10."""
-  variant = _check_variant(variant)
+# The published objective settings (`method.md` §3-4), by the names the paper uses.
+PUBLISHED_OBJECTIVES = {
+    "lsd": dict(name="lsd", stop_gradient="teacher"),
+    "esd": dict(name="esd", stop_gradient="full"),
+    "psd_m": dict(name="psd", psd_h="midpoint", stop_gradient="teacher"),
+    "psd_u": dict(name="psd", psd_h="uniform", stop_gradient="teacher"),
+    "flow_matching": dict(name="flow_matching", diagonal_fraction=1.0),
+}
+
+
+def with_objective(c: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
+  """Sets `c.objective` to a published objective: lsd | esd | psd_m | psd_u | flow_matching."""
+  if objective not in PUBLISHED_OBJECTIVES:
+    raise ValueError(f"unknown objective {objective!r}; allowed: {sorted(PUBLISHED_OBJECTIVES)}")
+  c.objective.update(PUBLISHED_OBJECTIVES[objective])
+  return c
+
+
+def _toy_2d(variant: str) -> ml_collections.ConfigDict:
+  """The published 2-D setting (`method.md` §5): MLP 5 x 512 GELU on [s, t, x / sigma0], batch
+  100k, RAdam 1e-3, clip 10, 250k steps; and its demo and smoke variants."""
   c = common()
-  c.data.name = "checkerboard"
-  c.interpolant.sigma0 = 0.577  # the data std, as published
   c.model.name = "mlp"
   c.model.width = 512
   c.model.depth = 5
   c.train.batch_size = 100_000
   c.train.num_steps = 250_000
   c.eval.ode_steps = (16, 64, 256)  # Heun steps on b_t = v_{t,t}: the many-step baseline
-  c.eval.kl_bins = 200
+  c.eval.kl_bins = 100  # histogram bins per axis of the KL estimate (`evaluation/kl.py`)
   if variant == "demo":
     c.train.batch_size = 4096
     c.train.num_steps = 6_000
@@ -114,4 +130,154 @@ def checkerboard(variant: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 4_000
     c.eval.ode_steps = (4,)
     c.sample.num_samples = 64
+  return c
+
+
+def checkerboard(variant: str | None = None) -> ml_collections.ConfigDict:
+  """The paper's checkerboard: uniform on the 8 even cells of a 4 x 4 grid over [-1, 1]^2."""
+  c = _toy_2d(_check_variant(variant))
+  c.data.name = "checkerboard"
+  c.interpolant.sigma0 = 0.577  # the data std, as published
+  return c
+
+
+def gaussian_mixture(variant: str | None = None) -> ml_collections.ConfigDict:
+  """Eight Gaussians of std 0.1 on the unit circle (not in the paper; exact velocity known)."""
+  c = _toy_2d(_check_variant(variant))
+  c.data.name = "gaussian_mixture"
+  c.data.num_components = 8
+  c.data.radius = 1.0
+  c.data.std = 0.1
+  c.interpolant.sigma0 = 0.714  # the data std per coordinate: sqrt(radius^2 / 2 + std^2)
+  return c
+
+
+# ------------------------------------------------------------------------------------------------
+# Images (`method.md` §5): the two-time EDM2 UNet of `flow_maps/networks/unet.py` on datasets of
+# `flow_maps/data/images.py`, pixels in [-1, 1].
+
+
+def _images(preset: str) -> ml_collections.ConfigDict:
+  """Fields shared by the image datasets, at the published settings (`method.md` §5)."""
+  placeholder = ml_collections.config_dict.placeholder
+  c = common()
+  c.data.split = "train"
+  # tfds data directory; None: tfds's default ($TFDS_DATA_DIR, else ~/tensorflow_datasets). Nothing
+  # is ever downloaded: a dataset that is not prepared there stops the run with instructions.
+  c.data.data_dir = placeholder(str)
+  c.interpolant.sigma0 = 0.5  # published for images in [-1, 1]
+
+  c.model.name = "unet"
+  c.model.preset = preset  # cifar10 | celeba64 | tiny (`unet.PRESETS`)
+  c.model.learn_weight = True  # w(s, t), the EDM2-style log-variance head
+  c.model.compute_dtype = "float32"  # float32 | bfloat16 (activations; parameters stay float32)
+  # Optional overrides of the preset's architecture; None keeps the preset's value.
+  c.model.model_channels = placeholder(int)
+  c.model.channel_mult = placeholder(tuple)  # per-resolution channel multipliers
+  c.model.num_blocks = placeholder(int)  # residual blocks per resolution
+  c.model.attn_resolutions = placeholder(tuple)  # resolutions with self-attention
+  c.model.dropout = placeholder(float)
+  c.model.channels_per_head = placeholder(int)
+  c.model.fourier_bandwidth = placeholder(float)  # of the times' MP Fourier features
+  c.model.logvar_channels = placeholder(int)  # Fourier features of the weight head
+
+  c.optim.learning_rate = 1e-2
+  c.optim.clip_norm = 1.0
+  c.optim.decay_start = 35_000
+  c.train.batch_size = 512
+  c.train.num_steps = 400_000
+  c.train.checkpoint_every = 10_000
+
+  # FID (`method.md` §6): 50k samples of the EMA 0.9999 parameters against train-split statistics.
+  c.eval.num_samples = 50_000
+  c.eval.batch_size = 1_000
+  # Reference Inception statistics of the train split (.npz with "mu" and "sigma"); None: none
+  # given, the evaluation computes them from `data` or skips FID.
+  c.eval.fid_stats = placeholder(str)
+  c.sample.num_samples = 100  # a grid of samples per number of steps
+  return c
+
+
+def _image_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """Variants of a tfds image base: "demo", a few hours on one GPU; "smoke", seconds on CPU with
+  the tiny UNet (the dataset must still be prepared: a stand-in tfds directory does, as in
+  `tests/test_images.py`)."""
+  if variant == "demo":
+    c.train.batch_size = 128
+    c.train.num_steps = 50_000
+    c.optim.decay_start = 10_000
+    c.train.checkpoint_every = 5_000
+    c.train.ema_decays = (0.999,)
+    c.eval.params = "ema_0.999"
+    c.eval.num_samples = 10_000
+  elif variant == "smoke":
+    c.model.preset = "tiny"
+    c.model.compute_dtype = "float32"
+    c.train.batch_size = 8
+    c.train.num_steps = 4
+    c.train.log_every = 2
+    c.train.checkpoint_every = 2
+    c.train.ema_decays = (0.9,)
+    c.eval.params = "ema_0.9"
+    c.eval.steps = (1, 2)
+    c.eval.num_samples = 16
+    c.eval.batch_size = 8
+    c.sample.steps = (1, 2)
+    c.sample.num_samples = 8
+  return c
+
+
+def cifar10(variant: str | None = None) -> ml_collections.ConfigDict:
+  """CIFAR-10 (`method.md` §5): EDM2 UNet 128 ch, mult [2, 2, 2], 4 blocks, attention at 16,
+  dropout 0.13; batch 512, RAdam 1e-2, clip 1, 400k steps."""
+  variant = _check_variant(variant)
+  c = _images("cifar10")
+  c.data.name = "cifar10"
+  return _image_variant(c, variant)
+
+
+def celeba64(variant: str | None = None) -> ml_collections.ConfigDict:
+  """CelebA 64x64 (`method.md` §5): centre crop 140, area resize to 64; EDM2 UNet 128 ch,
+  mult [1, 2, 3, 4], 3 blocks, attention at 16 and 8, bfloat16; batch 512 (the paper's runs
+  used 256), RAdam 1e-2, clip 1, 400k steps."""
+  variant = _check_variant(variant)
+  c = _images("celeba64")
+  c.data.name = "celeba64"
+  c.model.compute_dtype = "bfloat16"
+  return _image_variant(c, variant)
+
+
+def digits(variant: str | None = None) -> ml_collections.ConfigDict:
+  """scikit-learn's 1,797 8x8 digits (no download): the tiny UNet, trainable on a CPU.
+
+  Not a published setting: the image pipeline end to end at toy scale. FID means nothing at
+  8x8, so `eval.fid_stats` stays None.
+  """
+  variant = _check_variant(variant)
+  c = _images("tiny")
+  c.data.name = "digits"
+  c.model.model_channels = 32
+  c.model.dropout = 0.1
+  c.train.batch_size = 128
+  c.train.num_steps = 20_000
+  c.optim.decay_start = 5_000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 2_000
+  c.eval.num_samples = 2_000
+  c.eval.batch_size = 1_000
+  c.sample.num_samples = 64
+  if variant == "demo":  # a few minutes on this 2-core CPU
+    c.model.model_channels = 16
+    c.train.batch_size = 64
+    c.train.num_steps = 3_000
+    c.optim.decay_start = 1_000
+    c.train.log_every = 100
+    c.train.checkpoint_every = 1_000
+    c.train.ema_decays = (0.999,)
+    c.eval.params = "ema_0.999"
+    c.eval.num_samples = 500
+    c.eval.batch_size = 500
+  elif variant == "smoke":
+    c = _image_variant(c, "smoke")
+    c.model.model_channels = 16
   return c
