@@ -283,12 +283,14 @@ def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainStat
   return state
 
 
-def _host_batch(exp: Experiment, images: Any, step: int) -> jax.Array:
-  """This step's global image batch, each process reading its own slice."""
-  local = images.batch(step, exp.config.train.batch_size, jax.process_index(),
-                       jax.process_count())
+def _image_batches(exp: Experiment, images: Any, start: int):
+  """The global image batches from step `start` on, each process reading (ahead, in threads)
+  its own slice of every batch."""
   global_shape = (exp.config.train.batch_size,) + exp.data_shape
-  return jax.make_array_from_process_local_data(exp.batch_sharding, local, global_shape)
+  local = images.batches(start, exp.config.train.batch_size, jax.process_index(),
+                         jax.process_count())
+  return local, (jax.make_array_from_process_local_data(exp.batch_sharding, x, global_shape)
+                 for x in local)
 
 
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
@@ -328,10 +330,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   rate_start, rate_steps = None, 0  # steps/s for the ETA, counted from the first sync (compiled)
   step = start
   stopped_by = None
+  reader, batches = (None, None) if toy is not None else _image_batches(exp, images, start)
   try:
     with _StopRequest() as stop:
       while step < tc.num_steps:
-        batch = None if toy is not None else _host_batch(exp, images, step)
+        batch = None if toy is not None else next(batches)
         state, metrics = step_fn(state, batch)
         step += 1
         pending.append((step, metrics))
@@ -371,6 +374,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                   flush=True)
           break
   finally:
+    if reader is not None:
+      reader.close()
     manager.close()
     log.close()
   return state, stopped_by
