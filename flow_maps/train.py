@@ -49,6 +49,7 @@ class Experiment:
   config: ml_collections.ConfigDict
   model: FlowMapModel
   project: Optional[Callable[[Any], Any]]  # applied to the parameters after every update
+  host_init: Optional[Callable[[int], Any]]  # initial parameters from a seed, on the host
   optimizer: optax.GradientTransformation
   schedule: optax.Schedule
   objective: objectives.Objective
@@ -85,12 +86,13 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   mesh = make_mesh()
   validation.validate(config, num_devices=mesh.size)
   shape = data_lib.data_shape(config)
-  module, project = networks.build_network(config, shape)
+  network = networks.build_network(config, shape)
   opt_config = config.optim
   return Experiment(
       config=config,
-      model=FlowMapModel(module),
-      project=project,
+      model=FlowMapModel(network.module),
+      project=network.project,
+      host_init=network.host_init,
       optimizer=optim.make_optimizer(opt_config),
       schedule=optim.learning_rate_schedule(opt_config),
       objective=objectives.Objective(
@@ -117,19 +119,21 @@ class TrainState:
 
 def init_state(exp: Experiment) -> TrainState:
   """The initial state, replicated over the mesh."""
-
-  def init():
-    key = jax.random.PRNGKey(exp.config.seed)
-    key_init, key_run = jax.random.split(key)
+  key_init, key_run = jax.random.split(jax.random.PRNGKey(exp.config.seed))
+  if exp.host_init is not None:
+    params = jax.device_put(exp.host_init(exp.config.seed), exp.replicated)
+  else:
     x = jnp.zeros((1,) + exp.data_shape, jnp.float32)
-    params = exp.model.init(key_init, x)
+    params = jax.jit(lambda key: exp.model.init(key, x), out_shardings=exp.replicated)(key_init)
+
+  def state(params, key_run):
     if exp.project is not None:
       params = exp.project(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=exp.optimizer.init(params),
                       ema=tuple(params for _ in exp.ema_decays), rng=key_run)
 
-  return jax.jit(init, out_shardings=exp.replicated)()
+  return jax.jit(state, out_shardings=exp.replicated)(params, key_run)
 
 
 def parameter_count(params: Any) -> int:
@@ -184,8 +188,11 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None
                    max_gap=gap)
     return new, metrics
 
+  level = config.train.get("xla_optimization_level")
+  options = None if level is None else {"xla_backend_optimization_level": level}
   return jax.jit(step_fn, in_shardings=(exp.replicated, exp.batch_sharding),
-                 out_shardings=(exp.replicated, exp.replicated), donate_argnums=0)
+                 out_shardings=(exp.replicated, exp.replicated), donate_argnums=0,
+                 compiler_options=options)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -338,7 +345,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         state, metrics = step_fn(state, batch)
         step += 1
         pending.append((step, metrics))
-        boundary = step % tc.log_every == 0 or step % tc.checkpoint_every == 0
+        boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
+                    or (tc.eval_every and step % tc.eval_every == 0))
         if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
           continue
         for k, m in jax.device_get(pending):
@@ -367,6 +375,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
           window, window_start, window_steps = {}, time.perf_counter(), 0
         if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop.signum:
           manager.save(step, state)
+        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+          from flow_maps.evaluation import run_eval  # imports this module
+          run_eval.evaluate_state(exp, state, workdir)
         if stop.signum:
           stopped_by = stop.signum
           if jax.process_index() == 0:

@@ -7,7 +7,7 @@ Each is a flax module called as `module(s, t, x, train=False) -> v_{s,t}(x)` wit
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import ml_collections
@@ -15,11 +15,18 @@ import ml_collections
 NETWORKS = ("mlp", "unet")
 
 
-def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
-                  ) -> tuple[nn.Module, Optional[Callable[[Any], Any]]]:
-  """The configured network for samples of `data_shape`, and the projection applied to its
-  parameters after every optimiser step (forced weight normalisation for the UNet; None for
-  networks without one)."""
+class Network(NamedTuple):
+  module: nn.Module
+  # Applied to the parameters after every optimiser step (the UNet's forced weight
+  # normalisation); None for networks without one.
+  project: Optional[Callable[[Any], Any]] = None
+  # Draws the initial parameters on the host from a seed, where compiling the module's own
+  # initialiser would be slow (the UNet on CPU); None: `FlowMapModel.init`.
+  host_init: Optional[Callable[[int], Any]] = None
+
+
+def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Network:
+  """The configured network for samples of `data_shape`."""
   model = config.model
   sigma0 = config.interpolant.sigma0
   if model.name == "mlp":
@@ -27,9 +34,10 @@ def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
     out_dim = 1
     for d in data_shape:
       out_dim *= d
-    return mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
-                   learn_weight=model.learn_weight), None
+    return Network(mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
+                           learn_weight=model.learn_weight))
   if model.name == "unet":
     from flow_maps.networks import unet
-    return unet.unet_from_config(model, data_shape, sigma0), unet.normalize_weights
+    module = unet.unet_from_config(model, data_shape, sigma0)
+    return Network(module, unet.normalize_weights, lambda seed: unet.init_params(module, seed))
   raise ValueError(f"model.name: unknown network {model.name!r}; allowed: {NETWORKS}")
