@@ -50,7 +50,7 @@ def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 
   dataset = data_lib.image_dataset(config, "train")
   stats = fid.compute_stats(_dataset_batches(dataset, len(dataset), batch_size))
   if cache_path:
-    os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+    os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
     fid.save_stats(cache_path, stats)
   return stats
 

@@ -1,0 +1,7 @@
+"""CIFAR-10, progressive self-distillation, midpoint u (PSD-M); the published image settings (`method.md` §5)."""
+
+from flow_maps import config_defaults
+
+
+def get_config(variant=None):
+  return config_defaults.with_objective(config_defaults.cifar10(variant), "psd_m")

@@ -1,0 +1,29 @@
+"""Inception statistics of a dataset's training split, the reference for FID.
+
+  python experiments/fid_reference_stats.py --config=configs/cifar10_lsd.py --out=stats/cifar10.npz
+
+Then evaluate with `--config.eval.fid_stats=stats/cifar10.npz`. Needs the converted Inception
+weights (experiments/convert_fid_inception.py) and the dataset prepared for tfds (or an offline
+set). Nothing is downloaded.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (its data section).")
+_OUT = flags.DEFINE_string("out", None, "Where to write the .npz (mu, sigma, count).")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def main(argv):
+  del argv
+  from flow_maps.evaluation import image_eval
+  stats = image_eval.reference_stats(_CONFIG.value, _OUT.value)
+  print(f"{_CONFIG.value.data.name}: {stats.count} training images -> {_OUT.value}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
