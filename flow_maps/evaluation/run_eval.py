@@ -1,0 +1,105 @@
+"""`--mode=eval` and `--mode=sample`: load the workdir's latest checkpoint, then evaluate or sample.
+
+Outputs (step = the checkpoint's step):
+  - eval:   DIR/eval/step_<step>.json (and .png for 2-D data), a table on stdout;
+  - sample: DIR/samples/step_<step>/n<N>.npy (2-D: float32 [count, 2]) or n<N>.npz and
+            n<N>.png (images: an .npz of float32 [count, H, W, C] in [-1, 1] and a PNG grid).
+Evaluation and sampling use `config.eval.params` (an EMA by default; `online` on request), and
+draw every random number from the run's seed, so the same checkpoint gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from flow_maps import checkpoints, train
+from flow_maps import data as data_lib
+
+EVAL_SALT = 0x5EED  # eval keys derive from the run's seed, apart from training's
+
+
+def load(config, workdir: str) -> tuple[train.Experiment, train.TrainState]:
+  """The experiment and the latest checkpoint's state; a clear error if there is none."""
+  exp = train.build_experiment(config)
+  manager = checkpoints.Checkpoints(workdir)
+  if manager.latest_step() is None:
+    raise checkpoints.CheckpointError(
+        f"no checkpoint in {manager.directory}: train first (--mode=train, same --workdir)")
+  state = manager.restore(train.init_state(exp))
+  manager.close()
+  return exp, state
+
+
+def _eval_key(config) -> jax.Array:
+  return jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_SALT)
+
+
+def _write_json(path: str, result: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Evaluates the latest checkpoint and writes DIR/eval/step_<step>.json; returns the result."""
+  exp, state = load(config, workdir)
+  return evaluate_state(exp, state, workdir)
+
+
+def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str) -> dict:
+  """Evaluates a train state and writes DIR/eval/step_<step>.json; returns the result."""
+  config = exp.config
+  step = int(state.step)
+  v = exp.model.bind(exp.select_params(state, config.eval.params))
+  out = os.path.join(workdir, "eval", f"step_{step}")
+  if data_lib.is_toy(config):
+    from flow_maps.evaluation import toy2d_eval
+    dataset = data_lib.toy_dataset(config)
+    result = toy2d_eval.evaluate(
+        v, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
+        ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
+        batch_size=config.eval.batch_size, bins=config.eval.kl_bins)
+    table = toy2d_eval.format_table(result)
+    figure = toy2d_eval.figure_samples(v, dataset, exp.interpolant, key=_eval_key(config),
+                                       steps=tuple(config.eval.steps))
+    if jax.process_index() == 0:
+      toy2d_eval.plot_samples(figure, np.asarray(dataset.sample(_eval_key(config), 20_000)),
+                              out + ".png", domain=dataset.domain,
+                              title=f"{config.objective.name}, step {step}, "
+                                    f"{config.eval.params} weights")
+  else:
+    from flow_maps.evaluation import image_eval
+    result = image_eval.evaluate(v, exp, config, key=_eval_key(config), workdir=workdir)
+    table = image_eval.format_table(result)
+  result = {"step": step, "params": config.eval.params, "objective": config.objective.name,
+            **result}
+  if jax.process_index() == 0:
+    _write_json(out + ".json", result)
+    print(f"evaluation of step {step} ({config.eval.params} weights) -> {out}.json")
+    print(table, flush=True)
+  return result
+
+
+def sample(config, workdir: str) -> str:
+  """Writes DIR/samples/step_<step>/ for every step count in config.sample.steps."""
+  exp, state = load(config, workdir)
+  step = int(state.step)
+  v = exp.model.bind(exp.select_params(state, config.eval.params))
+  out = os.path.join(workdir, "samples", f"step_{step}")
+  os.makedirs(out, exist_ok=True)
+  if data_lib.is_toy(config):
+    from flow_maps import sampling
+    for n in config.sample.steps:
+      noise = exp.interpolant.sigma0 * jax.random.normal(
+          _eval_key(config), (config.sample.num_samples,) + exp.data_shape)
+      x = sampling.sample_flow_map(v, noise, n)
+      np.save(os.path.join(out, f"n{n}.npy"), np.asarray(x, np.float32))
+  else:
+    from flow_maps.evaluation import image_eval
+    image_eval.write_samples(v, exp, config, out, key=_eval_key(config))
+  print(f"samples of step {step} ({config.eval.params} weights) -> {out}", flush=True)
+  return out
