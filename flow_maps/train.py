@@ -181,7 +181,7 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None
         jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, e_tree, params)
         for d, e_tree in zip(decays, state.ema))
     new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=exp.schedule(state.step),

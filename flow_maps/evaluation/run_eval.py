@@ -39,7 +39,6 @@ def _eval_key(config) -> jax.Array:
 
 
 def _write_json(path: str, result: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
 
@@ -56,6 +55,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
   step = int(state.step)
   v = exp.model.bind(exp.select_params(state, config.eval.params))
   out = os.path.join(workdir, "eval", f"step_{step}")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
   if data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval
     dataset = data_lib.toy_dataset(config)
