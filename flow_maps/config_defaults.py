@@ -113,13 +113,16 @@ def _toy_2d(variant: str) -> ml_collections.ConfigDict:
   c.eval.ode_steps = (16, 64, 256)  # Heun steps on b_t = v_{t,t}: the many-step baseline
   c.eval.kl_bins = 100  # histogram bins per axis of the KL estimate (`evaluation/kl.py`)
   if variant == "demo":  # about 3 minutes of training on 2 CPU cores, then about 1 of eval
+    # Many small steps beat few large ones at this budget: batch 1024 runs ~75 steps/s here,
+    # batch 4096 ~15 (10k steps at 1024 reached KL 0.28 at N = 1; 3k at 4096, 0.40-0.48).
     c.model.width = 256
     c.model.depth = 4
-    c.train.batch_size = 4096
-    c.train.num_steps = 3_000
-    c.train.log_every = 250
-    c.train.checkpoint_every = 1_000
-    c.optim.decay_start = 1_500
+    c.train.batch_size = 1024
+    c.train.num_steps = 15_000
+    c.train.log_every = 1_000
+    c.train.checkpoint_every = 5_000
+    c.optim.learning_rate = 2e-3
+    c.optim.decay_start = 7_500
     c.train.ema_decays = (0.999,)
     c.eval.params = "ema_0.999"
     c.eval.ode_steps = (16, 64)
