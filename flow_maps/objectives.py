@@ -69,14 +69,13 @@ def eulerian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array
   "full" (published) stops the gradient through the whole spatial term, "teacher" through the
   velocity v_{s,s} only, "none" nowhere. The spatial term is the student's own map.
 
-  Cost per row: with "full" the two terms need their own jvps (only d/ds X is differentiated;
-  XLA shares their primal pass), 8 network passes with the backward; otherwise their sum is one
-  jvp in (s, x) with tangent (1, b), 7 passes instead of 11 ("none": 9 instead of 13).
+  Cost per row in network passes, backward included: with "full" the two terms need their own
+  tangents (only d/ds X is differentiated) on one shared primal, 8; otherwise their sum is one
+  jvp in (s, x) with tangent (1, b), 7 ("none": 9, the teacher's backward added).
   """
   b = _teacher_output(fm.velocity(v_teacher, s, x), stop_gradient)
   if stop_gradient == "full":
-    _, dX_ds = fm.flow_map_and_ds(v, s, t, x)
-    _, transport = fm.flow_map_and_dx(v, s, t, x, b)
+    _, dX_ds, transport = fm.flow_map_and_partials(v, s, t, x, b)
     return squared_norm(dX_ds + sg(transport))
   _, dX = fm.flow_map_and_eulerian_derivative(v, s, t, x, b)
   return squared_norm(dX)
