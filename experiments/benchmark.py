@@ -1,0 +1,504 @@
+"""Cost of the objectives: the compiled train step of each, relative to flow matching.
+
+For one network and batch, in one process:
+  - the time of one train step (the real `train.make_train_step`) for flow matching (every row on
+    the diagonal) and for LSD, ESD, PSD-M and PSD-U at diagonal fraction 0.75: warm-up excluded,
+    variants interleaved round by round, medians of several timed runs, each ratio the median of
+    the per-round ratios to the flow-matching step of the same round;
+  - the same step with the losses written the straightforward way (per-sample functions of
+    scalar s, t and one state x, `vmap`-ed over the batch), the reference our batched
+    implementation must not be slower than;
+  - compile time, XLA's cost analysis (FLOPs, and network passes per off-diagonal row from the
+    FLOPs of one forward pass), the number of matmuls in the optimised HLO, and memory;
+  - sampling throughput of the N-step flow map against the Heun ODE sampler on b_t = v_{t,t}.
+
+FLOPs and HLO counts do not depend on the machine's load; timings do (the load average is
+recorded with them). Prints a table and writes JSON.
+
+  python experiments/benchmark.py                                  # 2-D MLP 512 x 5, batch 4096
+  python experiments/benchmark.py --model=unet                     # the digits UNet, batch 128
+  python experiments/benchmark.py --batch=1024 --repeats=3 --out=/tmp/b.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+from unittest import mock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flow_maps import data as data_lib  # noqa: E402
+from flow_maps import flow_map as fm  # noqa: E402
+from flow_maps import objectives, sampling, times, train  # noqa: E402
+
+sg = jax.lax.stop_gradient
+
+# The objectives compared, each with its published stop-gradient placement.
+VARIANTS = {
+    "flow_matching": dict(name="flow_matching", diagonal_fraction=1.0, stop_gradient="teacher"),
+    "lsd": dict(name="lsd", diagonal_fraction=0.75, stop_gradient="teacher"),
+    "esd": dict(name="esd", diagonal_fraction=0.75, stop_gradient="full"),
+    "psd_m": dict(name="psd", diagonal_fraction=0.75, stop_gradient="teacher", psd_h="midpoint"),
+    "psd_u": dict(name="psd", diagonal_fraction=0.75, stop_gradient="teacher", psd_h="uniform"),
+}
+BASELINE = "flow_matching"
+DEFAULT_CONFIGS = {"mlp": "configs/checkerboard_lsd.py", "unet": "configs/digits_lsd.py"}
+
+
+# --------------------------------------------------------------------------- the vmap reference
+
+
+def vmap_loss(model: fm.FlowMapModel, params: Any, x1: jax.Array, key: jax.Array, *,
+              objective: objectives.Objective, interpolant, teacher_params: Any = None,
+              gap: jax.Array = 1.0, train: bool = True):
+  """The loss of `objectives.loss`, written per sample and `vmap`-ed: the reference.
+
+  Same signature, same random draws (noise, times, rows) and the same value; each residual is a
+  function of scalar s, t (and h) and one state x, the network called on a batch of one.
+  Published stop-gradient placements only; dropout draws one mask per sample.
+  """
+  key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
+  batch = x1.shape[0]
+  x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, x1.dtype)
+  teacher_params = sg(params if teacher_params is None else teacher_params)
+
+  def net(p, dropout_key=None):
+    def v(s, t, x):
+      kwargs = dict(train=True, rngs={"dropout": dropout_key}) if dropout_key is not None else {}
+      return model.module.apply({"params": p}, s[None], t[None], x[None], **kwargs)[0]
+    return v
+
+  def X(v, s, t, x):
+    return x + (t - s) * v(s, t, x)
+
+  def sq(y):
+    return jnp.sum(jnp.square(y))
+
+  def diagonal(t, x0, x1, k):
+    v = net(params, k if train else None)
+    It = interpolant.alpha(t) * x0 + interpolant.beta(t) * x1
+    dI = interpolant.dalpha(t) * x0 + interpolant.dbeta(t) * x1
+    return sq(v(t, t, It) - dI)
+
+  def lsd(s, t, h, x, k):
+    del h
+    v, vt = net(params, k if train else None), net(teacher_params)
+    Xst, dX_dt = jax.jvp(lambda t_: X(v, s, t_, x), (t,), (jnp.ones_like(t),))
+    return sq(dX_dt - sg(vt(t, t, sg(Xst))))
+
+  def esd(s, t, h, x, k):
+    del h
+    v, vt = net(params, k if train else None), net(teacher_params)
+    _, dX_ds = jax.jvp(lambda s_: X(v, s_, t, x), (s,), (jnp.ones_like(s),))
+    b = sg(vt(s, s, x))
+    _, transport = jax.jvp(lambda x_: X(v, s, t, x_), (x,), (b,))
+    return sq(dX_ds + sg(transport))
+
+  def psd(s, t, h, x, k):
+    v, vt = net(params, k if train else None), net(teacher_params)
+    u = h * s + (1.0 - h) * t
+    v_su = vt(s, u, x)
+    v_ut = vt(u, t, x + (u - s) * v_su)
+    return sq(v(s, t, x) - sg((1.0 - h) * v_su + h * v_ut))
+
+  def weighted(R, s, t):
+    if not model.learns_weight:
+      return R
+    w = model.log_weight(params, s, t)
+    return jnp.exp(-w) * R + w
+
+  layout = objective.layout
+  n_diag, n_off = layout.counts(batch)
+  x0_d, x0_o = layout.split(x0)
+  x1_d, x1_o = layout.split(x1)
+  dropout_keys = jax.random.split(key_dropout, batch)
+  k_d, k_o = layout.split(dropout_keys)
+  total = jnp.zeros((), jnp.float32)
+  metrics = {}
+  if n_diag:
+    t = times.sample_diagonal_times(key_diag, n_diag, x1.dtype)
+    R = jax.vmap(diagonal)(t, x0_d, x1_d, k_d)
+    total += jnp.sum(weighted(R, t, t))
+    metrics["diagonal"] = jnp.mean(R)
+  if n_off:
+    ts = times.sample_off_diagonal_times(key_off, n_off, gap, objective.psd_h, x1.dtype)
+    Is = interpolant.interpolate(ts.s, x0_o, x1_o)
+    residual = {"lsd": lsd, "esd": esd, "psd": psd}[objective.name]
+    R = jax.vmap(residual)(ts.s, ts.t, ts.h, Is, k_o)
+    total += jnp.sum(weighted(R, ts.s, ts.t))
+    metrics[objective.name] = jnp.mean(R)
+  total = total / batch
+  metrics["loss"] = total
+  return total, metrics
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def load_config(spec: str):
+  """`path.py[:variant]` -> its get_config(variant)."""
+  path, _, variant = spec.partition(":")
+  path = path if os.path.isabs(path) else os.path.join(ROOT, path)
+  module_spec = importlib.util.spec_from_file_location("_benchmark_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
+def default_unet_config():
+  """The digits UNet config: its file if it exists, else `config_defaults.digits()`."""
+  path = os.path.join(ROOT, DEFAULT_CONFIGS["unet"])
+  if os.path.exists(path):
+    return load_config(path)
+  from flow_maps import config_defaults
+  return config_defaults.digits()
+
+
+def init_state(exp: train.Experiment) -> train.TrainState:
+  """The train state; UNet parameters drawn on the host (jitting the UNet's init compiles for a
+  long time on CPU, see `unet.init_params`)."""
+  if exp.config.model.name != "unet":
+    return train.init_state(exp)
+  from flow_maps.networks import unet
+  params = unet.init_params(exp.model.module, exp.config.seed)
+  key_run = jax.random.split(jax.random.PRNGKey(exp.config.seed))[1]
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=exp.optimizer.init(params),
+                           ema=tuple(jax.tree.map(jnp.array, params) for _ in exp.ema_decays),
+                           rng=key_run)  # copies: the step donates every buffer of the state
+  return jax.device_put(state, exp.replicated)
+
+
+@dataclasses.dataclass
+class Step:
+  """One compiled train step and what XLA says about it."""
+
+  label: str
+  compiled: Any
+  state: Any
+  batch: Optional[jax.Array]
+  compile_seconds: float
+  flops: float
+  transcendentals: float
+  bytes_accessed: float
+  matmuls: int
+  memory_mb: float
+
+  def run(self, n: int) -> float:
+    """Seconds per step over n steps, the state carried from step to step."""
+    start = time.perf_counter()
+    for _ in range(n):
+      self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return (time.perf_counter() - start) / n
+
+
+def _cost(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
+def count_matmuls(hlo_text: str) -> int:
+  """dot and convolution instructions in optimised HLO (fusions included)."""
+  return len(re.findall(r"\b(?:dot|convolution)\(", hlo_text))
+
+
+def memory_mb(compiled) -> float:
+  """Peak live buffers of the executable: arguments + outputs - aliased + temporaries."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float("nan")
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+           + m.temp_size_in_bytes)
+  return total / 2**20
+
+
+def compile_step(label: str, config, batch_size: int,
+                 loss_fn: Optional[Callable] = None) -> Step:
+  """The real train step of `config`, optionally with `objectives.loss` replaced by `loss_fn`
+  (same step, same optimiser and EMAs: only the loss differs)."""
+  exp = train.build_experiment(config)
+  toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
+  batch = None
+  if toy is None:
+    x = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + exp.data_shape)
+    batch = jax.device_put(jnp.asarray(x, jnp.float32), exp.batch_sharding)
+  state = init_state(exp)
+  patch = (mock.patch.object(objectives, "loss", loss_fn) if loss_fn is not None
+           else contextlib.nullcontext())
+  with patch:  # the loss is looked up when the step is traced, i.e. inside `lower`
+    step = train.make_train_step(exp, toy)
+    start = time.perf_counter()  # tracing and lowering included: what a run waits for
+    compiled = step.lower(state, batch).compile()
+    seconds = time.perf_counter() - start
+  cost = _cost(compiled)
+  return Step(label=label, compiled=compiled, state=state, batch=batch, compile_seconds=seconds,
+              flops=float(cost.get("flops", float("nan"))),
+              transcendentals=float(cost.get("transcendentals", float("nan"))),
+              bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
+              matmuls=count_matmuls(compiled.as_text()), memory_mb=memory_mb(compiled))
+
+
+def forward_flops(config, batch_size: int) -> float:
+  """FLOPs of one forward pass v_{s,t}(x) of the network on a batch (XLA's count)."""
+  exp = train.build_experiment(config)
+  params = jax.eval_shape(exp.model.init, jax.random.PRNGKey(0),
+                          jnp.zeros((1,) + exp.data_shape, jnp.float32))
+  s = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+  x = jax.ShapeDtypeStruct((batch_size,) + exp.data_shape, jnp.float32)
+  compiled = jax.jit(lambda p, s, x: exp.model.bind(p)(s, s, x)).lower(params, s, x).compile()
+  return float(_cost(compiled).get("flops", float("nan")))
+
+
+def loss_agreement(config, batch_size: int) -> float:
+  """max |ours - vmap| / |ours| of the loss at initialisation with one key: the reference
+  computes the same thing."""
+  exp = train.build_experiment(config)
+  state = init_state(exp)
+  if data_lib.is_toy(config):
+    x1 = data_lib.toy_dataset(config).sample(jax.random.PRNGKey(1), batch_size)
+  else:
+    x1 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch_size,) + exp.data_shape),
+                     jnp.float32)
+  key = jax.random.PRNGKey(2)
+  kwargs = dict(objective=exp.objective, interpolant=exp.interpolant, train=False)
+  ours = jax.jit(lambda p, x: objectives.loss(exp.model, p, x, key, **kwargs)[0])(state.params, x1)
+  ref = jax.jit(lambda p, x: vmap_loss(exp.model, p, x, key, **kwargs)[0])(state.params, x1)
+  return float(abs(ours - ref) / abs(ours))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: int) -> list:
+  exp = train.build_experiment(config)
+  params = init_state(exp).params
+  x0 = exp.interpolant.sigma0 * jax.random.normal(jax.random.PRNGKey(0),
+                                                  (batch_size,) + exp.data_shape)
+  rows = []
+  jobs = [("flow map", n, n, sampling.sample_flow_map) for n in map_steps] + \
+         [("Heun ODE", n, 2 * n, sampling.sample_heun) for n in ode_steps]
+  for name, n, evals, sampler in jobs:
+    fn = jax.jit(lambda p, x, n=n, sampler=sampler: sampler(exp.model.bind(p), x, n))
+    jax.block_until_ready(fn(params, x0))  # compile and warm up
+    seconds = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(params, x0))
+      seconds.append(time.perf_counter() - start)
+    t = statistics.median(seconds)
+    rows.append(dict(sampler=name, steps=n, network_evals=evals, batch=batch_size,
+                     ms_per_batch=1e3 * t, samples_per_sec=batch_size / t))
+  return rows
+
+
+# --------------------------------------------------------------------------- main
+
+
+def variant_config(base, overrides: dict, batch: Optional[int], width: Optional[int],
+                   depth: Optional[int]):
+  c = copy.deepcopy(base)
+  for k, v in overrides.items():
+    c.objective[k] = v
+  if batch:
+    c.train.batch_size = batch
+  if c.model.name == "mlp":
+    if width:
+      c.model.width = width
+    if depth:
+      c.model.depth = depth
+  return c
+
+
+def time_steps(steps: dict[str, Step], repeats: int, per_run: int, warmup: int) -> dict:
+  """Interleaved timing: every round runs every step `per_run` times, in a rotated order."""
+  for step in steps.values():
+    step.run(warmup)
+  labels = list(steps)
+  rounds: dict[str, list[float]] = {k: [] for k in labels}
+  for r in range(repeats):
+    order = labels[r % len(labels):] + labels[:r % len(labels)]
+    for k in order:
+      rounds[k].append(steps[k].run(per_run))
+  return rounds
+
+
+def _median_ms(seconds: list[float]) -> Optional[float]:
+  return 1e3 * statistics.median(seconds) if seconds else None
+
+
+def _median_ratio(seconds: list[float], baseline: list[float]) -> Optional[float]:
+  """The median over rounds of the per-round ratio (rounds are interleaved: same conditions)."""
+  if not seconds:
+    return None
+  return float(np.median(np.asarray(seconds) / np.asarray(baseline)))
+
+
+def _fmt(x, spec):
+  return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, spec)
+
+
+def print_tables(result: dict) -> str:
+  lines = []
+  s = result["settings"]
+  lines.append(f"network {s['network']}, batch {s['batch']}, diagonal fraction 0.75 "
+               f"(flow matching 1.0); {s['repeats']} interleaved rounds of {s['steps_per_run']} "
+               f"steps, medians; load average {result['machine']['load_before']} -> "
+               f"{result['machine']['load_after']}")
+  lines.append("")
+  lines.append("| objective | step ms | × FM | vmap ms | vmap × FM | ours / vmap | compile s | "
+               "GFLOP | FLOP × FM | GFLOP/s | passes / off-diag row | matmuls | memory MB |")
+  lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for k, r in result["train_step"].items():
+    lines.append(
+        f"| {k} | {_fmt(r['ms'], '.1f')} | {_fmt(r['ratio'], '.3f')} | "
+        f"{_fmt(r.get('vmap_ms'), '.1f')} | {_fmt(r.get('vmap_ratio'), '.3f')} | "
+        f"{_fmt(r.get('ours_over_vmap'), '.3f')} | {_fmt(r['compile_s'], '.1f')} | "
+        f"{_fmt(r['gflop'], '.2f')} | {_fmt(r['flop_ratio'], '.3f')} | "
+        f"{_fmt(r['gflop'] / (r['ms'] / 1e3) if r['ms'] else None, '.1f')} | "
+        f"{_fmt(r['passes_per_off_diagonal_row'], '.2f')} | {r['matmuls']} | "
+        f"{_fmt(r['memory_mb'], '.0f')} |")
+  if result.get("sampling"):
+    lines += ["", "| sampler | steps | network evals | ms / batch | samples / s |",
+              "|---|---|---|---|---|"]
+    for r in result["sampling"]:
+      lines.append(f"| {r['sampler']} | {r['steps']} | {r['network_evals']} | "
+                   f"{r['ms_per_batch']:.1f} | {r['samples_per_sec']:.0f} |")
+  lines += ["", f"peak resident memory of the process: {result['maxrss_mb']:.0f} MB"]
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", choices=("mlp", "unet"), default="mlp")
+  p.add_argument("--config", default=None, help="config file[:variant] (default: per --model)")
+  p.add_argument("--batch", type=int, default=None, help="global batch (default: 4096 for the "
+                 "MLP, the config's batch for the UNet)")
+  p.add_argument("--width", type=int, default=None, help="MLP width (default 512)")
+  p.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default 5)")
+  p.add_argument("--repeats", type=int, default=7, help="timed rounds")
+  p.add_argument("--steps-per-run", type=int, default=3, help="steps per timed run")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+  p.add_argument("--objectives", default=",".join(VARIANTS),
+                 help=f"comma-separated subset of {','.join(VARIANTS)}")
+  p.add_argument("--no-vmap", action="store_true", help="skip the per-sample vmap reference")
+  p.add_argument("--no-sampling", action="store_true", help="skip sampling throughput")
+  p.add_argument("--no-timing", action="store_true",
+                 help="compile and analyse only (FLOPs, matmuls, memory): nothing load-dependent")
+  p.add_argument("--sample-batch", type=int, default=None, help="default: the train batch")
+  p.add_argument("--map-steps", default="1,2,4,8,16")
+  p.add_argument("--ode-steps", default="8,16", help="Heun steps (2 network evaluations each)")
+  p.add_argument("--out", default=None, help="JSON output (default runs/benchmark_<model>.json)")
+  p.add_argument("--dump-hlo", default=None, metavar="DIR",
+                 help="write each step's optimised HLO to DIR/<objective>.txt")
+  args = p.parse_args(argv)
+
+  load_before = [round(x, 2) for x in os.getloadavg()]
+  if args.config:
+    base = load_config(args.config)
+  elif args.model == "unet":
+    base = default_unet_config()
+  else:
+    base = load_config(DEFAULT_CONFIGS["mlp"])
+  batch = args.batch or (4096 if base.model.name == "mlp" else base.train.batch_size)
+  width = args.width or (512 if base.model.name == "mlp" else None)
+  depth = args.depth or (5 if base.model.name == "mlp" else None)
+  names = [n for n in args.objectives.split(",") if n]
+  if BASELINE not in names:
+    names.insert(0, BASELINE)
+  configs = {k: variant_config(base, VARIANTS[k], batch, width, depth) for k in names}
+  network = (f"MLP {width} x {depth}" if base.model.name == "mlp" else
+             f"UNet {base.model.get('preset')} ({base.data.name})")
+  print(f"{network}, batch {batch}, {jax.devices()[0].platform}, load average {load_before}",
+        flush=True)
+
+  steps: dict[str, Step] = {}
+  for k in names:
+    steps[k] = compile_step(k, configs[k], batch)
+    print(f"compiled {k}: {steps[k].compile_seconds:.1f} s, {steps[k].flops / 1e9:.2f} GFLOP",
+          flush=True)
+    if args.dump_hlo:
+      os.makedirs(args.dump_hlo, exist_ok=True)
+      with open(os.path.join(args.dump_hlo, f"{k}.txt"), "w") as f:
+        f.write(steps[k].compiled.as_text())
+    if not args.no_vmap:
+      steps["vmap/" + k] = compile_step("vmap/" + k, configs[k], batch, loss_fn=vmap_loss)
+      print(f"compiled vmap/{k}: {steps['vmap/' + k].compile_seconds:.1f} s", flush=True)
+  fwd = forward_flops(configs[BASELINE], batch)
+  agreement = {} if args.no_vmap else {k: loss_agreement(configs[k], min(batch, 1024))
+                                       for k in names}
+
+  rounds = ({k: [] for k in steps} if args.no_timing else
+            time_steps(steps, args.repeats, args.steps_per_run, args.warmup))
+  fm_flops = steps[BASELINE].flops
+  table = {}
+  for k in names:
+    st = steps[k]
+    eta = VARIANTS[k]["diagonal_fraction"]
+    off = None if eta == 1.0 else (st.flops - eta * fm_flops) / ((1 - eta) * fwd)
+    row = dict(ms=_median_ms(rounds[k]), ratio=_median_ratio(rounds[k], rounds[BASELINE]),
+               runs_ms=[1e3 * x for x in rounds[k]], compile_s=st.compile_seconds,
+               gflop=st.flops / 1e9, flop_ratio=st.flops / fm_flops,
+               passes_per_row=st.flops / fwd,
+               passes_per_off_diagonal_row=off, matmuls=st.matmuls, memory_mb=st.memory_mb,
+               transcendentals=st.transcendentals, bytes_accessed=st.bytes_accessed)
+    if "vmap/" + k in steps:
+      ref = steps["vmap/" + k]
+      row.update(vmap_ms=_median_ms(rounds["vmap/" + k]),
+                 vmap_ratio=_median_ratio(rounds["vmap/" + k], rounds[BASELINE]),
+                 ours_over_vmap=_median_ratio(rounds[k], rounds["vmap/" + k]),
+                 vmap_runs_ms=[1e3 * x for x in rounds["vmap/" + k]],
+                 vmap_compile_s=ref.compile_seconds, vmap_gflop=ref.flops / 1e9,
+                 vmap_matmuls=ref.matmuls, vmap_memory_mb=ref.memory_mb,
+                 vmap_loss_relative_difference=agreement[k])
+    table[k] = row
+  del steps  # free the states before sampling
+
+  sampling = []
+  if not (args.no_sampling or args.no_timing):
+    sampling = sampling_throughput(configs[BASELINE], args.sample_batch or batch,
+                                   [int(n) for n in args.map_steps.split(",") if n],
+                                   [int(n) for n in args.ode_steps.split(",") if n],
+                                   min(args.repeats, 3))
+
+  result = dict(
+      settings=dict(network=network, model=base.model.to_dict(), batch=batch,
+                    repeats=args.repeats, steps_per_run=args.steps_per_run, warmup=args.warmup,
+                    forward_gflop=fwd / 1e9, command=" ".join([sys.argv[0]] + (argv or sys.argv[1:]))),
+      machine=dict(load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()],
+                   cpus=os.cpu_count(), platform=platform.platform(), jax=jax.__version__,
+                   device=str(jax.devices()[0])),
+      train_step=table, sampling=sampling,
+      maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+  text = print_tables(result)
+  print(text)
+  out = args.out or os.path.join(ROOT, "runs", f"benchmark_{args.model}.json")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(dict(result, table=text), f, indent=2, default=str)
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,74 @@
+"""experiments/benchmark.py: the per-sample vmap reference computes our loss, the objectives cost
+no more network passes than their algorithmic floor (XLA's FLOP count: independent of the
+machine's load), and the script runs end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import jax
+import pytest
+
+from flow_maps import config_defaults
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("benchmark",
+                                               os.path.join(ROOT, "experiments", "benchmark.py"))
+benchmark = importlib.util.module_from_spec(_spec)
+sys.modules["benchmark"] = benchmark  # dataclasses look their module up while it executes
+_spec.loader.exec_module(benchmark)
+
+
+def _config(variant, batch=64, width=32, depth=2, stop_gradient=None):
+  overrides = dict(benchmark.VARIANTS[variant])
+  if stop_gradient:
+    overrides["stop_gradient"] = stop_gradient
+  return benchmark.variant_config(config_defaults.checkerboard("smoke"), overrides, batch, width,
+                                  depth)
+
+
+@pytest.mark.parametrize("variant", list(benchmark.VARIANTS))
+def test_vmap_reference_is_our_loss(variant):
+  """Same draws, same value: the reference times the same computation."""
+  assert benchmark.loss_agreement(_config(variant), 64) < 1e-5
+
+
+# Network passes per off-diagonal row (a pass: one forward of the network on one row; a
+# flow-matching row costs 3: forward and backward). The floors: LSD 1 primal + 1 tangent
+# + 1 teacher + 4 backward = 7; PSD 2 teacher + 3 student = 5; ESD "full" adds the x-tangent to
+# LSD's count, 8; ESD "teacher" folds both derivatives into one jvp, 7.
+FLOORS = [("lsd", None, 7), ("psd_m", None, 5), ("psd_u", None, 5), ("esd", None, 8),
+          ("esd", "teacher", 7)]
+
+
+def test_objectives_cost_no_more_passes_than_their_floor():
+  width, batch = 256, 512  # matmuls dominate the count (not elementwise or optimiser work)
+  fm = benchmark.compile_step("fm", _config("flow_matching", batch, width), batch)
+  forward = benchmark.forward_flops(_config("flow_matching", batch, width), batch)
+  assert 2.9 < fm.flops / forward < 3.2
+  for variant, placement, floor in FLOORS:
+    step = benchmark.compile_step(variant, _config(variant, batch, width,
+                                                   stop_gradient=placement), batch)
+    passes = (step.flops - 0.75 * fm.flops) / (0.25 * forward)
+    assert passes < floor + 0.3, (variant, placement, passes)
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(tmp_path):
+  out = tmp_path / "bench.json"
+  benchmark.main(["--batch=64", "--width=16", "--depth=1", "--repeats=2", "--steps-per-run=1",
+                  "--warmup=1", "--objectives=flow_matching,psd_m", "--sample-batch=32",
+                  "--map-steps=1,2", "--ode-steps=2", f"--out={out}"])
+  result = json.loads(out.read_text())
+  assert set(result["train_step"]) == {"flow_matching", "psd_m"}
+  fm, psd = result["train_step"]["flow_matching"], result["train_step"]["psd_m"]
+  assert fm["ratio"] == 1.0 and fm["flop_ratio"] == 1.0
+  assert psd["flop_ratio"] > 1.0 and psd["ms"] > 0 and psd["vmap_ms"] > 0
+  assert len(psd["runs_ms"]) == 2
+  assert [(r["sampler"], r["network_evals"]) for r in result["sampling"]] == [
+      ("flow map", 1), ("flow map", 2), ("Heun ODE", 4)]
+  assert "| psd_m |" in result["table"]
+  assert result["machine"]["load_before"] and jax.__version__ == result["machine"]["jax"]
