@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from flow_maps import data as data_lib
-from flow_maps import interpolants, networks, objectives, optim, times
+from flow_maps import interpolants, networks, objectives, optim
 
 
 class ConfigError(ValueError):
@@ -70,14 +70,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice(config, "objective.stop_gradient", objectives.STOP_GRADIENTS)
   _choice(config, "objective.psd_h", ("uniform", "midpoint"))
   _number(config, "objective.diagonal_fraction", low=0.0, high=1.0)
-  try:
-    layout = times.diagonal_layout(config.objective.diagonal_fraction)
+  try:  # the objective checks its own fields, with messages that name them
+    layout = objectives.Objective(
+        name=config.objective.name, stop_gradient=config.objective.stop_gradient,
+        diagonal_fraction=config.objective.diagonal_fraction,
+        psd_h=config.objective.psd_h).layout
   except ValueError as e:
-    _fail("objective.diagonal_fraction", str(e))
-  if config.objective.name == "flow_matching" and config.objective.diagonal_fraction != 1.0:
-    _fail("objective.diagonal_fraction",
-          f"flow_matching trains on the diagonal only and needs 1.0, got "
-          f"{config.objective.diagonal_fraction}")
+    raise ConfigError(str(e)) from None
   _number(config, "objective.anneal_start", low=0, integer=True)
   _number(config, "objective.anneal_steps", low=0, integer=True)
 
