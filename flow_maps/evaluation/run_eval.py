@@ -1,7 +1,10 @@
 """`--mode=eval` and `--mode=sample`: load the workdir's latest checkpoint, then evaluate or sample.
 
 Outputs (step = the checkpoint's step):
-  - eval:   DIR/eval/step_<step>.json (and .png for 2-D data), a table on stdout;
+  - eval:   DIR/eval/step_<step>.json (and .png for 2-D data), a table on stdout; once two or
+            more checkpoints are evaluated (`train.eval_every`), DIR/eval/best.json: the best
+            checkpoint for each number of steps, as the paper reports (a fixed checkpoint's
+            numbers stay in its step_<step>.json);
   - sample: DIR/samples/step_<step>/n<N>.npy (2-D: float32 [count, 2]) or n<N>.npz and
             n<N>.png (images: an .npz of float32 [count, H, W, C] in [-1, 1] and a PNG grid).
 Evaluation and sampling use `config.eval.params` (an EMA by default; `online` on request), and
@@ -81,7 +84,41 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
     _write_json(out + ".json", result)
     print(f"evaluation of step {step} ({config.eval.params} weights) -> {out}.json")
     print(table, flush=True)
+    best = best_per_step_count(os.path.dirname(out), config.eval.params)
+    if best["checkpoints"] > 1:
+      _write_json(os.path.join(os.path.dirname(out), "best.json"), best)
+      print(format_best(best), flush=True)
   return result
+
+
+def best_per_step_count(eval_dir: str, params: str) -> dict:
+  """The published protocol (`method.md` §6): for each number of steps N, the lowest score
+  ("fid" for images, "kl" for 2-D) over every checkpoint evaluated with `params` in `eval_dir`.
+
+  Returns {"metric", "params", "checkpoints": count, "best": {N: {"value", "step"}}}.
+  """
+  results = []
+  for name in sorted(os.listdir(eval_dir)):
+    if name.startswith("step_") and name.endswith(".json"):
+      with open(os.path.join(eval_dir, name)) as f:
+        result = json.load(f)
+      if result.get("params") == params:
+        results.append(result)
+  metric = "fid" if any("fid" in r for r in results) else "kl"
+  best = {}
+  for result in results:
+    for n, value in result.get(metric, {}).items():
+      if n not in best or value < best[n]["value"]:
+        best[n] = {"value": value, "step": result["step"]}
+  best = dict(sorted(best.items(), key=lambda item: int(item[0])))
+  return {"metric": metric, "params": params, "checkpoints": len(results), "best": best}
+
+
+def format_best(best: dict) -> str:
+  lines = [f"best checkpoint per N over {best['checkpoints']} evaluated ({best['params']} "
+           f"weights; the published protocol, method.md §6):"]
+  lines += [f"{n:>4}  {b['value']:>10.4g}  (step {b['step']})" for n, b in best["best"].items()]
+  return "\n".join(lines)
 
 
 def sample(config, workdir: str) -> str:
