@@ -120,6 +120,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     if not isinstance(steps, (tuple, list)) or not steps or not all(
         isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps):
       _fail(field, f"must be a non-empty tuple of step counts >= 1, got {steps!r}")
+  ode_steps = config.eval.get("ode_steps", ())
+  if not isinstance(ode_steps, (tuple, list)) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in ode_steps):
+    _fail("eval.ode_steps", f"must be a tuple of step counts >= 1 (may be empty), got "
+          f"{ode_steps!r}")
   _number(config, "eval.num_samples", low=1, integer=True)
   _number(config, "eval.batch_size", low=1, integer=True)
   _number(config, "sample.num_samples", low=1, integer=True)

@@ -4,14 +4,17 @@ FID compares Inception pool3 statistics of `config.eval.num_samples` samples, fo
 `config.eval.steps`, with reference statistics of the training split: `config.eval.fid_stats`
 if given (compute them with `experiments/fid_reference_stats.py`), otherwise computed once from
 the configured dataset and cached as DIR/eval/fid_reference.npz (the JSON names the file used).
-Grayscale images are repeated to three channels for the Inception network.
+The reference holds the floor too (the FID of as many training images as samples, against the
+whole split). `config.eval.ode_steps` adds the FID of Heun on the model's own velocity v_{t,t}, a
+many-step baseline for the map. Grayscale images are repeated to three channels for the
+Inception network.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +24,17 @@ from PIL import Image
 from flow_maps import data as data_lib
 from flow_maps import flow_map as fm
 from flow_maps import sampling
+from flow_maps import validation
 
 
 def generate(v: fm.VelocityField, exp, *, steps: int, num_samples: int, batch_size: int,
-             key: jax.Array) -> Iterator[np.ndarray]:
-  """Batches of N-step samples in [-1, 1], float32 [b, H, W, C]; the same noise for every N."""
-  sample = jax.jit(lambda x0: jnp.clip(sampling.sample_flow_map(v, x0, steps), -1.0, 1.0))
+             key: jax.Array, ode: bool = False) -> Iterator[np.ndarray]:
+  """Batches of N-step samples in [-1, 1], float32 [b, H, W, C]; the same noise for every N.
+
+  ode=False: the N-step flow map; True: N Heun steps on the model's velocity v_{t,t}.
+  """
+  sampler = sampling.sample_heun if ode else sampling.sample_flow_map
+  sample = jax.jit(lambda x0: jnp.clip(sampler(v, x0, steps), -1.0, 1.0))
   for start in range(0, num_samples, batch_size):
     n = min(batch_size, num_samples - start)
     x0 = sampling.noise(jax.random.fold_in(key, start), n, exp.data_shape, exp.interpolant.sigma0)
@@ -37,27 +45,60 @@ def _rgb(images: np.ndarray) -> np.ndarray:
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def _dataset_batches(dataset, num_images: int, batch_size: int) -> Iterator[np.ndarray]:
-  """The first `num_images` of the dataset in its stored order (no shuffling)."""
-  for start in range(0, num_images, batch_size):
-    idx = np.arange(start, min(start + batch_size, num_images))
-    yield _rgb(dataset.source.get(idx))
-
-
-def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 500):
-  """Inception statistics of the configured dataset's training split (all of it)."""
+def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 500,
+                    floor_count: Optional[int] = None, features: Optional[Callable] = None):
+  """Inception statistics of the configured dataset's training split (all of it), with the floor:
+  the FID of `floor_count` (default `config.eval.num_samples`) of its images, a seeded random
+  subset, against the whole. One pass over the images serves both. `features`: images -> [B, d]
+  (default: the Inception pool3 features of `fid.feature_fn`).
+  """
   from flow_maps.evaluation import fid
   dataset = data_lib.image_dataset(config, "train")
-  stats = fid.compute_stats(_dataset_batches(dataset, len(dataset), batch_size))
+  total = len(dataset)
+  floor_count = config.eval.num_samples if floor_count is None else floor_count
+  if not 2 <= floor_count <= total:
+    raise ValueError(f"FID floor: needs 2 to {total} images of {config.data.name}, got "
+                     f"{floor_count}")
+  subset = np.zeros(total, bool)
+  subset[np.random.RandomState(config.seed).permutation(total)[:floor_count]] = True
+  features = features or fid.feature_fn()
+  whole, part = fid.FeatureStats(), fid.FeatureStats()
+  for start in range(0, total, batch_size):
+    idx = np.arange(start, min(start + batch_size, total))
+    f = np.asarray(jax.device_get(features(_rgb(dataset.source.get(idx)))))
+    whole.update(f)
+    part.update(f[subset[idx]])
+  reference = whole.result()
+  stats = fid.FIDStats(reference.mu, reference.sigma, reference.count,
+                       floor=fid.frechet_distance(part.mean, part.cov, reference.mu,
+                                                  reference.sigma),
+                       floor_count=floor_count)
   if cache_path:
     os.makedirs(os.path.dirname(cache_path) or ".", exist_ok=True)
     fid.save_stats(cache_path, stats)
   return stats
 
 
-def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) -> dict:
-  """{"fid": {N: FID}, "num_samples": n, "fid_reference": path, "reference_count": m}."""
+def check_ready(config) -> None:
+  """Fails fast (before any training of a train_and_eval run) when the FID cannot be computed:
+  eval.fid_stats names a missing file, or the Inception weights are not converted."""
   from flow_maps.evaluation import fid
+  path = config.eval.fid_stats
+  if path is not None and not os.path.isfile(path):
+    raise validation.ConfigError(
+        f"eval.fid_stats: no file {path}; compute it with python experiments/fid_reference_stats.py "
+        f"--config=<this config> --out={path}, or leave eval.fid_stats unset to compute the "
+        "statistics into the workdir")
+  fid.check_weights()
+
+
+def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) -> dict:
+  """{"fid": {N: FID of the N-step map}, "ode_fid": {N: FID of N Heun steps on v_{t,t}},
+  "num_samples": n, "fid_reference": path, "reference_count": m,
+  "fid_floor": FID of n training images against the reference, or None if its statistics hold no
+  floor for n samples}."""
+  from flow_maps.evaluation import fid
+  check_ready(config)
   path = config.eval.fid_stats
   if path is None:
     path = os.path.join(workdir, "eval", "fid_reference.npz")
@@ -65,24 +106,30 @@ def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) 
       print(f"computing FID reference statistics of {config.data.name} (train) -> {path}",
             flush=True)
       reference_stats(config, path)
-  elif not os.path.exists(path):
-    raise FileNotFoundError(
-        f"eval.fid_stats: no file {path}; compute it with python experiments/fid_reference_stats.py "
-        f"--config=<this config> --out={path}")
   reference = fid.load_stats(path)
   features = fid.feature_fn()
-  scores = {}
-  for n in config.eval.steps:
-    batches = (_rgb(b) for b in generate(v, exp, steps=n, num_samples=config.eval.num_samples,
-                                         batch_size=config.eval.batch_size, key=key))
-    scores[str(n)] = fid.compute_fid_from_samples(batches, reference, features)
-  return {"fid": scores, "num_samples": config.eval.num_samples, "fid_reference": path,
-          "reference_count": reference.count}
+
+  def score(steps, ode):
+    batches = (_rgb(b) for b in generate(v, exp, steps=steps, num_samples=config.eval.num_samples,
+                                         batch_size=config.eval.batch_size, key=key, ode=ode))
+    return fid.compute_fid_from_samples(batches, reference, features)
+
+  scores = {str(n): score(n, ode=False) for n in config.eval.steps}
+  ode_scores = {str(n): score(n, ode=True) for n in config.eval.get("ode_steps", ())}
+  # The floor is comparable only at the same sample size.
+  floor = reference.floor if reference.floor_count == config.eval.num_samples else None
+  return {"fid": scores, "ode_fid": ode_scores, "ode_sampler": "heun",
+          "num_samples": config.eval.num_samples, "fid_reference": path,
+          "reference_count": reference.count, "fid_floor": floor}
 
 
 def format_table(result: dict) -> str:
   lines = [f"{'N':>4}  {'FID':>10}", f"{'-' * 4}  {'-' * 10}"]
   lines += [f"{n:>4}  {value:>10.3f}" for n, value in result["fid"].items()]
+  lines += [f"{n:>4}  {value:>10.3f}  (Heun on v_tt, {2 * int(n)} network calls)"
+            for n, value in result.get("ode_fid", {}).items()]
+  if result.get("fid_floor") is not None:
+    lines.append(f"{'real':>4}  {result['fid_floor']:>10.3f}  (training images, the floor)")
   lines.append(f"({result['num_samples']} samples against {result['reference_count']} reference "
                "images)")
   return "\n".join(lines)
