@@ -58,9 +58,11 @@ CLIP_ACTIVATIONS = 256.0
 EPS = 1e-4
 # Frequencies of the times' Fourier features ~ N(0, 0.25^2) cycles per unit time. EDM2 uses 1 on
 # c_noise = ln(sigma) / 4, which spans about 2.7 units; the published flow-map code uses
-# sinusoidal features of at most 1 radian per unit time. On the digits (tiny UNet, RAdam 1e-2),
-# LSD diverged within 1,000 steps with bandwidth 1 and trained stably with 0.25: d/dt X goes
-# through these features, so their frequencies bound how fast v may vary in t.
+# sinusoidal features of at most 1 radian per unit time. d/dt X goes through these features, so
+# their frequencies bound how fast v may vary in t. Measured with LSD at RAdam 1e-2: on the 8x8
+# digits bandwidth 1 diverged within 1,000 steps; on mnist5k (`configs/mnist_lsd.py`, two seeds
+# each) bandwidth 1 blew up between steps 300 and 400 (diagonal loss 144-158 at 0.25 vs 4e4-2e6
+# at 1 by step 500) while 0.25 trained stably (`docs/images_cpu.md`).
 FOURIER_BANDWIDTH = 0.25
 
 
