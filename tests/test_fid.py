@@ -201,3 +201,14 @@ def test_features_match_torchscript(converted):
     assert np.abs(ref).max() > 0.5  # features of real magnitude, not a dead network
     diff = np.abs(ours - ref).max()
     assert diff < 1e-4, f"{size}x{size}: max |flax - torch| = {diff:.3g}"
+
+
+def test_large_batches_go_through_in_chunks_with_the_same_features(converted):
+  _, _, path = converted
+  variables = fid.load_inception_params(path)
+  images = np.concatenate([_smooth_images(1, 32), np.random.default_rng(0).uniform(
+      -1, 1, size=(2, 32, 32, 3)).astype(np.float32)])
+  whole = np.asarray(fid.feature_fn(variables)(images))
+  chunked = np.asarray(fid.feature_fn(variables, chunk=2)(images))  # chunks of 2 and 1
+  assert chunked.shape == whole.shape == (3, fid.FEATURE_DIM)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
