@@ -184,3 +184,14 @@ def test_eval_mode_writes_fid_per_step_count(one_device_run, inception_weights, 
   # 4 steps of training are far from the data: FIDs well above the floor of real images.
   scores = list(result["fid"].values()) + list(result["ode_fid"].values())
   assert all(value > 1.5 * floor for value in scores), (result, floor)
+
+
+def test_floor_of_a_set_smaller_than_the_sample_count_uses_the_whole_set(tmp_path):
+  config = config_defaults.with_objective(config_defaults.digits(), "lsd")  # 1,797 images
+  assert config.eval.num_samples > 1797
+  rows = lambda x: np.asarray(x)[..., 0].mean(axis=2)
+  stats = image_eval.reference_stats(config, features=rows)
+  assert stats.count == stats.floor_count == 1797
+  assert abs(stats.floor) < 1e-6  # the whole set against itself
+  with pytest.raises(ValueError, match="FID floor: needs 2 to 1797 images of digits, got 1798"):
+    image_eval.reference_stats(config, floor_count=1798, features=rows)

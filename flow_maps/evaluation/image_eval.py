@@ -48,14 +48,15 @@ def _rgb(images: np.ndarray) -> np.ndarray:
 def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 500,
                     floor_count: Optional[int] = None, features: Optional[Callable] = None):
   """Inception statistics of the configured dataset's training split (all of it), with the floor:
-  the FID of `floor_count` (default `config.eval.num_samples`) of its images, a seeded random
-  subset, against the whole. One pass over the images serves both. `features`: images -> [B, d]
-  (default: the Inception pool3 features of `fid.feature_fn`).
+  the FID of `floor_count` of its images (default `config.eval.num_samples`, or all of them if
+  fewer), a seeded random subset, against the whole. One pass over the images serves both.
+  `features`: images -> [B, d] (default: the Inception pool3 features of `fid.feature_fn`).
   """
   from flow_maps.evaluation import fid
   dataset = data_lib.image_dataset(config, "train")
   total = len(dataset)
-  floor_count = config.eval.num_samples if floor_count is None else floor_count
+  if floor_count is None:  # a set smaller than the sample count gets its whole-set floor
+    floor_count = min(config.eval.num_samples, total)
   if not 2 <= floor_count <= total:
     raise ValueError(f"FID floor: needs 2 to {total} images of {config.data.name}, got "
                      f"{floor_count}")
