@@ -49,6 +49,15 @@ def _number(config, field: str, *, low=None, high=None, integer=False, low_open=
     _fail(field, f"must be <= {high}, got {value!r}")
 
 
+def _step_counts(field: str, steps, *, allow_empty: bool) -> None:
+  """A tuple of numbers of sampling steps, each an int >= 1."""
+  if not isinstance(steps, (tuple, list)) or not (steps or allow_empty) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps):
+    kind = "a tuple of step counts >= 1 (may be empty)" if allow_empty else \
+        "a non-empty tuple of step counts >= 1"
+    _fail(field, f"must be {kind}, got {steps!r}")
+
+
 def ema_name(decay: float) -> str:
   return f"ema_{decay:g}"
 
@@ -116,15 +125,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           f"multiple of {layout.period} so that the diagonal fraction "
           f"{config.objective.diagonal_fraction} holds on every device")
   for field in ("eval.steps", "sample.steps"):
-    steps = _require(config, field)
-    if not isinstance(steps, (tuple, list)) or not steps or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in steps):
-      _fail(field, f"must be a non-empty tuple of step counts >= 1, got {steps!r}")
-  ode_steps = config.eval.get("ode_steps", ())
-  if not isinstance(ode_steps, (tuple, list)) or not all(
-      isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in ode_steps):
-    _fail("eval.ode_steps", f"must be a tuple of step counts >= 1 (may be empty), got "
-          f"{ode_steps!r}")
+    _step_counts(field, _require(config, field), allow_empty=False)
+  _step_counts("eval.ode_steps", config.eval.get("ode_steps", ()), allow_empty=True)
   _number(config, "eval.num_samples", low=1, integer=True)
   _number(config, "eval.batch_size", low=1, integer=True)
   _number(config, "sample.num_samples", low=1, integer=True)

@@ -113,6 +113,7 @@ def test_resume_after_clean_stop_is_bitwise_exact(tmp_path):
     ("train.batch_size", 250, "train.batch_size: the per-device batch 250"),
     ("train.ema_decays", (0.9, 1.0), "train.ema_decays: each decay must lie in (0, 1)"),
     ("eval.steps", (1, 0), "eval.steps: must be a non-empty tuple"),
+    ("eval.ode_steps", (4, 0), "eval.ode_steps: must be a tuple of step counts >= 1"),
 ])
 def test_bad_config_values_name_the_field(field, value, message):
   config = config_defaults.checkerboard("smoke")
