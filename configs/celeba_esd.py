@@ -1,4 +1,4 @@
-"""CelebA 64x64, Eulerian self-distillation (ESD), full stop-gradient (unstable on images in the paper); the published image settings (`method.md` §5)."""
+"""CelebA 64x64, Eulerian self-distillation (ESD), full stop-gradient (unstable on images in the paper); the published image settings (`docs/method.md` §5)."""
 
 from flow_maps import config_defaults
 

@@ -1,4 +1,4 @@
-"""CelebA 64x64, progressive self-distillation, uniform u (PSD-U); the published image settings (`method.md` §5)."""
+"""CelebA 64x64, progressive self-distillation, uniform u (PSD-U); the published image settings (`docs/method.md` §5)."""
 
 from flow_maps import config_defaults
 

@@ -1,4 +1,4 @@
-"""CIFAR-10, progressive self-distillation, uniform u (PSD-U); the published image settings (`method.md` §5)."""
+"""CIFAR-10, progressive self-distillation, uniform u (PSD-U); the published image settings (`docs/method.md` §5)."""
 
 from flow_maps import config_defaults
 

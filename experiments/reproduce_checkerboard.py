@@ -1,4 +1,4 @@
-"""The checkerboard comparison of `method.md` §6 at a stated budget, next to the paper's table.
+"""The checkerboard comparison of `docs/method.md` §6 at a stated budget, next to the paper's table.
 
   python experiments/reproduce_checkerboard.py --root=runs/reproduce --variant=demo --seed=0
 
@@ -33,7 +33,7 @@ SWEEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweeps",
 STEPS = ("1", "2", "4", "8", "16")
 LABELS = {"lsd": "LSD", "esd": "ESD", "psd_m": "PSD-M", "psd_u": "PSD-U",
           "flow_matching": "flow matching (map)"}
-# `method.md` §6: the project page's checkerboard KLs at N = 1, 2, 4, 8, 16.
+# `docs/method.md` §6: the project page's checkerboard KLs at N = 1, 2, 4, 8, 16.
 PAPER_KL = {
     "LSD": (0.0864, 0.0765, 0.0708, 0.0699, 0.0710),
     "ESD": (0.0983, 0.0921, 0.0834, 0.0816, 0.0751),

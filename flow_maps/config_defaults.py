@@ -29,7 +29,7 @@ def common() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = ""
 
-  # Interpolant I_t = alpha_t x0 + beta_t x1 with noise N(0, sigma0^2 I) (`method.md` §1).
+  # Interpolant I_t = alpha_t x0 + beta_t x1 with noise N(0, sigma0^2 I) (`docs/method.md` §1).
   c.interpolant = ml_collections.ConfigDict()
   c.interpolant.name = "linear"  # linear | trigonometric
   c.interpolant.sigma0 = 1.0
@@ -37,9 +37,9 @@ def common() -> ml_collections.ConfigDict:
   # Network answering v_{s,t}(x).
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # mlp | unet
-  c.model.learn_weight = False  # learned log-weight w(s, t) (`method.md` §4)
+  c.model.learn_weight = False  # learned log-weight w(s, t) (`docs/method.md` §4)
 
-  # Objective (`method.md` §3-4).
+  # Objective (`docs/method.md` §3-4).
   c.objective = ml_collections.ConfigDict()
   c.objective.name = "lsd"  # flow_matching | lsd | esd | psd
   c.objective.stop_gradient = "teacher"  # teacher | full | none
@@ -83,7 +83,7 @@ def common() -> ml_collections.ConfigDict:
   return c
 
 
-# The published objective settings (`method.md` §3-4), by the names the paper uses.
+# The published objective settings (`docs/method.md` §3-4), by the names the paper uses.
 PUBLISHED_OBJECTIVES = {
     "lsd": dict(name="lsd", stop_gradient="teacher"),
     "esd": dict(name="esd", stop_gradient="full"),
@@ -102,7 +102,7 @@ def with_objective(c: ml_collections.ConfigDict, objective: str) -> ml_collectio
 
 
 def _toy_2d(variant: str) -> ml_collections.ConfigDict:
-  """The published 2-D setting (`method.md` §5): MLP 5 x 512 GELU on [s, t, x / sigma0], batch
+  """The published 2-D setting (`docs/method.md` §5): MLP 5 x 512 GELU on [s, t, x / sigma0], batch
   100k, RAdam 1e-3, clip 10, 250k steps; and its demo and smoke variants."""
   c = common()
   c.model.name = "mlp"
@@ -162,12 +162,12 @@ def gaussian_mixture(variant: str | None = None) -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------------------------------
-# Images (`method.md` §5): the two-time EDM2 UNet of `flow_maps/networks/unet.py` on datasets of
+# Images (`docs/method.md` §5): the two-time EDM2 UNet of `flow_maps/networks/unet.py` on datasets of
 # `flow_maps/data/images.py`, pixels in [-1, 1].
 
 
 def _images(preset: str) -> ml_collections.ConfigDict:
-  """Fields shared by the image datasets, at the published settings (`method.md` §5)."""
+  """Fields shared by the image datasets, at the published settings (`docs/method.md` §5)."""
   placeholder = ml_collections.config_dict.placeholder
   c = common()
   c.data.split = "train"
@@ -197,7 +197,7 @@ def _images(preset: str) -> ml_collections.ConfigDict:
   c.train.num_steps = 400_000
   c.train.checkpoint_every = 10_000
 
-  # FID (`method.md` §6): 50k samples of the EMA 0.9999 parameters against train-split statistics.
+  # FID (`docs/method.md` §6): 50k samples of the EMA 0.9999 parameters against train-split statistics.
   c.eval.num_samples = 50_000
   c.eval.batch_size = 1_000
   # Reference Inception statistics of the train split (.npz with "mu" and "sigma"); None: none
@@ -241,7 +241,7 @@ def _image_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections
 
 
 def cifar10(variant: str | None = None) -> ml_collections.ConfigDict:
-  """CIFAR-10 (`method.md` §5): EDM2 UNet 128 ch, mult [2, 2, 2], 4 blocks, attention at 16,
+  """CIFAR-10 (`docs/method.md` §5): EDM2 UNet 128 ch, mult [2, 2, 2], 4 blocks, attention at 16,
   dropout 0.13; batch 512, RAdam 1e-2, clip 1, 400k steps."""
   variant = _check_variant(variant)
   c = _images("cifar10")
@@ -250,7 +250,7 @@ def cifar10(variant: str | None = None) -> ml_collections.ConfigDict:
 
 
 def celeba64(variant: str | None = None) -> ml_collections.ConfigDict:
-  """CelebA 64x64 (`method.md` §5): centre crop 140, area resize to 64; EDM2 UNet 128 ch,
+  """CelebA 64x64 (`docs/method.md` §5): centre crop 140, area resize to 64; EDM2 UNet 128 ch,
   mult [1, 2, 3, 4], 3 blocks, attention at 16 and 8, bfloat16; batch 512 (the paper's runs
   used 256), RAdam 1e-2, clip 1, 400k steps."""
   variant = _check_variant(variant)

@@ -1,6 +1,6 @@
 """The flow map X_{s,t}(x) = x + (t - s) v_{s,t}(x) and its derivatives: the one place they live.
 
-`method.md` §2. A network answers v_{s,t}(x); everything else is derived here:
+`docs/method.md` §2. A network answers v_{s,t}(x); everything else is derived here:
   - the map X_{s,t}(x) = x + (t - s) v_{s,t}(x), so X_{s,s} = id exactly;
   - the velocity b_t(x) = v_{t,t}(x) (the tangent condition);
   - d/dt X, d/ds X and the spatial directional derivative grad_x X . dx, each by one `jax.jvp`;
@@ -68,12 +68,12 @@ def flow_map_and_partials(v: VelocityField, s: Array, t: Array, x: Array,
 def flow_map_and_eulerian_derivative(v: VelocityField, s: Array, t: Array, x: Array,
                                      b: Array) -> tuple[Array, Array]:
   """(X_{s,t}(x), d/ds X_{s,t}(x) + grad_x X_{s,t}(x) . b) by one jvp in (s, x) with tangent
-  (1, b): both derivatives of ESD for the price of one tangent pass (`method.md` §3)."""
+  (1, b): both derivatives of ESD for the price of one tangent pass (`docs/method.md` §3)."""
   return jax.jvp(lambda s_, x_: flow_map(v, s_, t, x_), (s, x), (jnp.ones_like(s), b))
 
 
 def sample(v: VelocityField, x0: Array, grid: Array) -> Array:
-  """Applies the map along a time grid: x_{k+1} = X_{t_k, t_{k+1}}(x_k) (`method.md` §2)."""
+  """Applies the map along a time grid: x_{k+1} = X_{t_k, t_{k+1}}(x_k) (`docs/method.md` §2)."""
   batch = x0.shape[0]
 
   def step(x, times):
@@ -90,7 +90,7 @@ class FlowMapModel:
 
   The module is called as `module(s, t, x, train=...) -> v_{s,t}(x)`, with s, t of shape [B] and
   x of shape [B, ...]. If `module.learn_weight` is true it also has `log_weight(s, t) -> [B]`,
-  the learned log-weight w(s, t) of `method.md` §4. Dropout, where the module has it, draws from
+  the learned log-weight w(s, t) of `docs/method.md` §4. Dropout, where the module has it, draws from
   the "dropout" RNG stream.
   """
 

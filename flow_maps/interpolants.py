@@ -1,6 +1,6 @@
 """Interpolants I_t = alpha_t x0 + beta_t x1 between noise (t = 0) and data (t = 1).
 
-`method.md` §1. Noise x0 ~ N(0, sigma0^2 I); sigma0 scales the noise only, never the data.
+`docs/method.md` §1. Noise x0 ~ N(0, sigma0^2 I); sigma0 scales the noise only, never the data.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Self-distillation objectives as pure functions: diagonal, LSD, ESD, PSD (`method.md` §3-4).
+"""Self-distillation objectives as pure functions: diagonal, LSD, ESD, PSD (`docs/method.md` §3-4).
 
 Each residual takes the student's velocity field `v` (a function (s, t, x) -> v_{s,t}(x), see
 `flow_map.py`), the teacher's `v_teacher`, times, the states and a stop-gradient placement, and
@@ -12,7 +12,7 @@ Stop-gradient placements:
   - "none": no stop-gradient; with the online parameters as teacher, gradients flow through it.
 
 The teacher is whatever velocity field the caller passes: the online parameters (published), an
-EMA, or a frozen, separately trained model (distillation, `method.md` §3).
+EMA, or a frozen, separately trained model (distillation, `docs/method.md` §3).
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class Objective:
 
 
 def _weighted(residual: Array, log_weight: Optional[Array]) -> Array:
-  """exp(-w) R + w (`method.md` §4), or R without a learned weight."""
+  """exp(-w) R + w (`docs/method.md` §4), or R without a learned weight."""
   if log_weight is None:
     return residual
   return jnp.exp(-log_weight) * residual + log_weight

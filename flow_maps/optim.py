@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule (`method.md` §5)."""
+"""Optimiser and learning-rate schedule (`docs/method.md` §5)."""
 
 from __future__ import annotations
 

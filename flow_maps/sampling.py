@@ -1,4 +1,4 @@
-"""Samplers: the N-step flow map and the ODE on the model's own velocity (`method.md` §2).
+"""Samplers: the N-step flow map and the ODE on the model's own velocity (`docs/method.md` §2).
 
   - Flow map: x_{k+1} = X_{t_k, t_{k+1}}(x_k) on a grid from t = 0 (noise) to t = 1 (data);
     the map itself is `flow_map.sample`.
@@ -26,7 +26,7 @@ def uniform_grid(steps: int, dtype=jnp.float32) -> Array:
 
 
 def noise(key: Array, num_samples: int, shape: tuple[int, ...], sigma0: float) -> Array:
-  """x0 ~ N(0, sigma0^2 I), [num_samples, *shape] (`method.md` §1)."""
+  """x0 ~ N(0, sigma0^2 I), [num_samples, *shape] (`docs/method.md` §1)."""
   return sigma0 * jax.random.normal(key, (num_samples, *shape))
 
 

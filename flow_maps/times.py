@@ -1,6 +1,6 @@
 """Time sampling for self-distillation: diagonal fraction, the triangle s <= t, annealing, PSD's u.
 
-`method.md` §4.
+`docs/method.md` §4.
 
 Batch layout. A fraction eta of the rows sits on the diagonal (s = t, the flow-matching term) and
 the rest off it. The published multi-device code puts the diagonal rows first and then splits the

@@ -1,4 +1,4 @@
-"""Shared test helpers: a Gaussian target with the closed-form flow of `method.md` §7 and a small
+"""Shared test helpers: a Gaussian target with the closed-form flow of `docs/method.md` §7 and a small
 MLP flow-map network.
 
 Float64 tests build their arrays inside `with jax.enable_x64(True):` (the `x64` fixture; never the

@@ -1,5 +1,5 @@
 """Every experiment file in configs/ loads in every variant and passes validation, and the image
-configs carry the published settings of `method.md` §5 (no compilation: milliseconds)."""
+configs carry the published settings of `docs/method.md` §5 (no compilation: milliseconds)."""
 
 from __future__ import annotations
 

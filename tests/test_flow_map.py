@@ -1,5 +1,5 @@
 """The flow map X_{s,t}(x) = x + (t - s) v_{s,t}(x), its derivatives and the N-step sampler
-(`method.md` §2), checked against the closed-form Gaussian flow (§7) in float64."""
+(`docs/method.md` §2), checked against the closed-form Gaussian flow (§7) in float64."""
 
 import jax
 import jax.numpy as jnp

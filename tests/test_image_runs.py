@@ -1,4 +1,4 @@
-"""Image runs end to end through the CLI (`method.md` §5-6), on the offline MNIST digits with the
+"""Image runs end to end through the CLI (`docs/method.md` §5-6), on the offline MNIST digits with the
 "smoke" UNet: a train step on 4 CPU devices against 1, exact resume through the image data
 order, `--mode=sample` and `--mode=eval` (FID with converted Inception weights), and the errors
 that must stop a run before it trains.

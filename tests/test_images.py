@@ -1,4 +1,4 @@
-"""Image datasets (`method.md` §5): order by step, per-process slices, the offline sets, the
+"""Image datasets (`docs/method.md` §5): order by step, per-process slices, the offline sets, the
 missing-dataset error, and the tfds path on stand-in CIFAR-10 / CelebA directories built here."""
 
 import os

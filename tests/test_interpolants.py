@@ -1,4 +1,4 @@
-"""Interpolants I_t = alpha_t x0 + beta_t x1 (`method.md` §1)."""
+"""Interpolants I_t = alpha_t x0 + beta_t x1 (`docs/method.md` §1)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The histogram KL(data || model) and its noise floor (`method.md` §6, `evaluation/kl.py`)."""
+"""The histogram KL(data || model) and its noise floor (`docs/method.md` §6, `evaluation/kl.py`)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The minimiser is the flow map (`method.md` §2-3, §7): training the 2-D MLP from scratch with each
+"""The minimiser is the flow map (`docs/method.md` §2-3, §7): training the 2-D MLP from scratch with each
 self-distillation objective drives X_{s,t} to the closed-form Gaussian flow map; flow matching,
 the reference, learns the velocity b_t but not the map."""
 

@@ -1,4 +1,4 @@
-"""Residuals, stop-gradient placements, weighting and the batch loss (`method.md` §3-4), against
+"""Residuals, stop-gradient placements, weighting and the batch loss (`docs/method.md` §3-4), against
 the closed-form Gaussian flow of §7 in float64."""
 
 import flax.linen as nn

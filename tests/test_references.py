@@ -1,4 +1,4 @@
-"""Exact velocities of the 2-D datasets and the reference flow map (`method.md` §1, §2, §7)."""
+"""Exact velocities of the 2-D datasets and the reference flow map (`docs/method.md` §1, §2, §7)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""`run_eval.best_per_step_count`: the published protocol's best checkpoint per N (`method.md` §6),
+"""`run_eval.best_per_step_count`: the published protocol's best checkpoint per N (`docs/method.md` §6),
 on eval JSONs written here."""
 
 import json

@@ -1,4 +1,4 @@
-"""Samplers (`method.md` §2): the N-step flow map is exact with the exact map; Euler and Heun on
+"""Samplers (`docs/method.md` §2): the N-step flow map is exact with the exact map; Euler and Heun on
 v_{t,t} converge at orders 1 and 2. Against the closed-form Gaussian flow (§7), in float64."""
 
 import functools

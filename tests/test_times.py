@@ -1,4 +1,4 @@
-"""Time sampling: the diagonal layout, the triangle s <= t, annealing and PSD's h (`method.md` §4).
+"""Time sampling: the diagonal layout, the triangle s <= t, annealing and PSD's h (`docs/method.md` §4).
 """
 
 import math

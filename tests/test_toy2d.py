@@ -1,4 +1,4 @@
-"""The 2-D datasets: supports, weights, densities, determinism (`method.md` §5-6)."""
+"""The 2-D datasets: supports, weights, densities, determinism (`docs/method.md` §5-6)."""
 
 import jax
 import jax.numpy as jnp

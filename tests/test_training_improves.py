@@ -1,5 +1,5 @@
 """A short checkerboard LSD training improves the one-step KL over the untrained network, on one
-device and on four (`method.md` §6). Run as a script, it prints the two KLs for the device count
+device and on four (`docs/method.md` §6). Run as a script, it prints the two KLs for the device count
 it sees; the test runs it in subprocesses, so each gets its own XLA device count."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two-time EDM2 UNet (`method.md` §2, §4, §5): shapes, jvp derivatives, objectives, forced
+"""The two-time EDM2 UNet (`docs/method.md` §2, §4, §5): shapes, jvp derivatives, objectives, forced
 weight normalisation, dropout, bfloat16 and the presets' parameter counts.
 
 Compilation dominates on CPU (a loss gradient through the tiny UNet is ~12k HLO ops), so every
@@ -140,7 +140,7 @@ def test_jvps_match_central_finite_differences(model, params, inputs, forward):
 
 
 def test_objectives_give_finite_loss_and_gradients():
-  """LSD, ESD and PSD (`method.md` §3) with the learned weight and dropout, in one compilation.
+  """LSD, ESD and PSD (`docs/method.md` §3) with the learned weight and dropout, in one compilation.
 
   The tiny UNet with no block beyond the resampling ones (num_blocks = 0: still two resolutions,
   down, up and attention) keeps the compilation of three loss gradients near 30 s of CPU.

@@ -1,4 +1,4 @@
-"""The checkerboard KL table of `method.md` §6: every objective × 3 seeds (15 members).
+"""The checkerboard KL table of `docs/method.md` §6: every objective × 3 seeds (15 members).
 
 Each objective is its thin config file, as published (`configs/checkerboard_*.py`); flow matching
 is the baseline sampled with the ODE. The argument picks the config variant of every member:

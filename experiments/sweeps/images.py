@@ -1,4 +1,4 @@
-"""The image FID tables of `method.md` §6: objectives × seeds on CIFAR-10 or CelebA-64.
+"""The image FID tables of `docs/method.md` §6: objectives × seeds on CIFAR-10 or CelebA-64.
 
 `experiments/sweeps/images.py` (or `:cifar10`) runs CIFAR-10, `:celeba` CelebA-64; each member is
 one thin config file (`configs/<dataset>_<objective>.py`) with its seed. ESD is included although

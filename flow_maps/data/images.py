@@ -1,4 +1,4 @@
-"""Image datasets with deterministic random access by step; pixels in [-1, 1] (`method.md` §5).
+"""Image datasets with deterministic random access by step; pixels in [-1, 1] (`docs/method.md` §5).
 
 Every dataset is an `ImageDataset`: a source answering "images at these indices" (NHWC float32 in
 [-1, 1]) and a seed. Sources:
@@ -108,7 +108,7 @@ def area_resize(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess_celeba(images: Sequence[np.ndarray], size: int = 64) -> np.ndarray:
-  """CelebA (`method.md` §5): centre crop 140, area resize to `size`, [-1, 1]."""
+  """CelebA (`docs/method.md` §5): centre crop 140, area resize to `size`, [-1, 1]."""
   crops = np.stack([center_crop(image, CELEBA_CROP) for image in images])
   return to_unit_range(area_resize(crops, size))
 

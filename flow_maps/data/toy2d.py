@@ -1,6 +1,6 @@
 """2-D toy datasets drawn in JAX from a key: the checkerboard and a ring of Gaussians.
 
-`method.md` §5-6. Every draw is a pure function of a key, so resuming a run or splitting a
+`docs/method.md` §5-6. Every draw is a pure function of a key, so resuming a run or splitting a
 batch over devices needs no pipeline state. `sample` and `log_density` are jitted (the dataset
 and the sample count static). Each dataset knows its analytic density (for the
 histogram KL of `evaluation/kl.py`) and a `domain` box [[x_lo, x_hi], [y_lo, y_hi]] for
@@ -50,7 +50,7 @@ class Checkerboard(Toy2D):
   with side w = 2h / k (0.5 by default); it is even when i + j is even: 8 of the 16 cells,
   including the bottom-left one, (0, 0) = [-1, -0.5) x [-1, -0.5). The density is 1 / (8 w^2) = 0.5
   on them. Each coordinate is marginally uniform on [-h, h]: mean 0, std h / sqrt(3) = 0.577,
-  the published sigma0 (`method.md` §1).
+  the published sigma0 (`docs/method.md` §1).
   """
 
   cells_per_side: int = 4

@@ -1,4 +1,4 @@
-"""Closed-form velocity and flow map for Gaussian data (`method.md` §7).
+"""Closed-form velocity and flow map for Gaussian data (`docs/method.md` §7).
 
 Data x1 ~ N(mu, Sigma), noise x0 ~ N(0, sigma0^2 I), I_t = alpha_t x0 + beta_t x1. In Sigma's
 eigenbasis, per direction i with data variance lambda_i:

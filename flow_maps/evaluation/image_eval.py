@@ -1,4 +1,4 @@
-"""Image evaluation: FID of N-step samples, sample grids (`method.md` §6).
+"""Image evaluation: FID of N-step samples, sample grids (`docs/method.md` §6).
 
 FID compares Inception pool3 statistics of `config.eval.num_samples` samples, for every N in
 `config.eval.steps`, with reference statistics of the training split: `config.eval.fid_stats`

@@ -1,4 +1,4 @@
-"""KL(data || model) for the 2-D datasets by a histogram of the model's samples (`method.md` §6).
+"""KL(data || model) for the 2-D datasets by a histogram of the model's samples (`docs/method.md` §6).
 
 The paper reports checkerboard KLs but not its recipe. This one:
 

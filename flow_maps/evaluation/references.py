@@ -1,6 +1,6 @@
 """Exact velocities of the 2-D datasets and reference flow maps by an accurate ODE solve.
 
-`method.md` §1, §2, §7. For data x1 ~ p, noise x0 ~ N(0, sigma0^2 I) and I_t = alpha_t x0 +
+`docs/method.md` §1, §2, §7. For data x1 ~ p, noise x0 ~ N(0, sigma0^2 I) and I_t = alpha_t x0 +
 beta_t x1, the velocity is
     b_t(x) = E[dI_t | I_t = x] = alpha'_t E[x0 | I_t = x] + beta'_t E[x1 | I_t = x].
 Written this way (rather than as (alpha'/alpha) x + (beta' - alpha' beta / alpha) E[x1 | x]) it
@@ -177,7 +177,7 @@ def boxes_velocity(lows: np.ndarray, highs: np.ndarray, interpolant: Interpolant
 
 def mixture_velocity(means: np.ndarray, std: float, log_weights: np.ndarray,
                      interpolant: Interpolant) -> Velocity:
-  """Exact b_t(x) for x1 ~ sum_k pi_k N(mu_k, std^2 I) (`method.md` §7), means [K, d].
+  """Exact b_t(x) for x1 ~ sum_k pi_k N(mu_k, std^2 I) (`docs/method.md` §7), means [K, d].
 
   Per component c = alpha^2 sigma0^2 + beta^2 std^2 and b_k = beta' mu_k + (c' / 2c)(x - beta mu_k);
   weights proportional to pi_k N(x; beta mu_k, c I). The same c for every component, so the
@@ -215,7 +215,7 @@ def _max_norm(y: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class ReferenceFlow:
-  """The flow map of a velocity b_t(x) by an adaptive ODE solve (`method.md` §2, §7).
+  """The flow map of a velocity b_t(x) by an adaptive ODE solve (`docs/method.md` §2, §7).
 
   Same interface as `gaussian.GaussianFlow`: `velocity(t, x)`, `flow_map(s, t, x)` and `v(s, t, x)`
   (the velocity field whose map is this one, so samplers and evaluation accept it as a model).

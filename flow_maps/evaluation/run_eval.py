@@ -92,7 +92,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
 
 
 def best_per_step_count(eval_dir: str, params: str) -> dict:
-  """The published protocol (`method.md` §6): for each number of steps N, the lowest score
+  """The published protocol (`docs/method.md` §6): for each number of steps N, the lowest score
   ("fid" for images, "kl" for 2-D) over every checkpoint evaluated with `params` in `eval_dir`.
 
   Returns {"metric", "params", "checkpoints": count, "best": {N: {"value", "step"}}}.
@@ -116,7 +116,7 @@ def best_per_step_count(eval_dir: str, params: str) -> dict:
 
 def format_best(best: dict) -> str:
   lines = [f"best checkpoint per N over {best['checkpoints']} evaluated ({best['params']} "
-           f"weights; the published protocol, method.md §6):"]
+           f"weights; the published protocol, docs/method.md §6):"]
   lines += [f"{n:>4}  {b['value']:>10.4g}  (step {b['step']})" for n, b in best["best"].items()]
   return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 """Evaluation of a flow map on a 2-D toy dataset: KL per step count, error against the reference
-map, the ODE baseline, a table and a figure (`method.md` §2, §6).
+map, the ODE baseline, a table and a figure (`docs/method.md` §2, §6).
 
 `evaluate` draws n noise samples x0 ~ N(0, sigma0^2 I) once and pushes the same noise through
   - the N-step map for every N in `steps` (`sampling.sample_flow_map`): KL by `kl.histogram_kl`;

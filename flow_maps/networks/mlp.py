@@ -1,4 +1,4 @@
-"""The published 2-D network: an MLP on [s, t, x / sigma0] (`method.md` §5)."""
+"""The published 2-D network: an MLP on [s, t, x / sigma0] (`docs/method.md` §5)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 
 class LogWeight(nn.Module):
-  """The learned log-weight w(s, t) of `method.md` §4: a small MLP on the two times."""
+  """The learned log-weight w(s, t) of `docs/method.md` §4: a small MLP on the two times."""
 
   width: int = 128
 

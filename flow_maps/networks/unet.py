@@ -1,6 +1,6 @@
 """EDM2's magnitude-preserving UNet as a two-time flow-map network v_{s,t}(x).
 
-`method.md` §2 (the network answers v_{s,t}), §4 (the learned weight), §5 (published settings).
+`docs/method.md` §2 (the network answers v_{s,t}), §4 (the learned weight), §5 (published settings).
 
 The architecture is the UNet of Karras et al. 2024 ("Analyzing and improving the training dynamics
 of diffusion models", `training/networks_edm2.py` of NVlabs/edm2), written for NHWC arrays:
@@ -25,7 +25,7 @@ constants never change between versions and are not parameters), at a lower band
 Input and output scaling: v_{s,t}(x) = sigma0 * F(x / sigma0, s, t - s), with F the UNet; the
 published code does the same with sigma_data = sigma0 = 0.5.
 
-Learned weight (`method.md` §4, `learn_weight=True`): w(s, t) = gain * MPConv(mp_sum(
+Learned weight (`docs/method.md` §4, `learn_weight=True`): w(s, t) = gain * MPConv(mp_sum(
 Fourier(s), Fourier(t - s))), a linear layer on MP Fourier features of the two times like EDM2's
 log-variance head, with a scalar `gain` initialised to 0 so that w = 0 at start.
 
@@ -301,10 +301,10 @@ class LogWeightHead(nn.Module):
 
 
 class UNet(nn.Module):
-  """The flow-map network v_{s,t}(x) = sigma0 * F(x / sigma0, s, t - s) (`method.md` §2, §5).
+  """The flow-map network v_{s,t}(x) = sigma0 * F(x / sigma0, s, t - s) (`docs/method.md` §2, §5).
 
   `__call__(s, t, x, train)` returns v with the shape of x [B, H, W, C] in float32;
-  `log_weight(s, t)` returns w(s, t) [B] when `learn_weight` (`method.md` §4).
+  `log_weight(s, t)` returns w(s, t) [B] when `learn_weight` (`docs/method.md` §4).
   Dropout (train=True) draws from the "dropout" RNG stream.
   """
 
@@ -380,10 +380,10 @@ def normalize_weights(params: Any) -> Any:
 # Presets and construction from a config.
 
 PRESETS = {
-    # CIFAR-10 (`method.md` §5): 128 channels, [2, 2, 2], 4 blocks, attention at 16, dropout 0.13.
+    # CIFAR-10 (`docs/method.md` §5): 128 channels, [2, 2, 2], 4 blocks, attention at 16, dropout 0.13.
     "cifar10": dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                     attn_resolutions=(16,), dropout=0.13, channels_per_head=64),
-    # CelebA-64 (`method.md` §5): 128 channels, [1, 2, 3, 4], 3 blocks, attention at 16 and 8.
+    # CelebA-64 (`docs/method.md` §5): 128 channels, [1, 2, 3, 4], 3 blocks, attention at 16 and 8.
     # No dropout is published for it; EDM2's 64x64 configurations use none at this size.
     "celeba64": dict(model_channels=128, channel_mult=(1, 2, 3, 4), num_blocks=3,
                      attn_resolutions=(16, 8), dropout=0.0, channels_per_head=64),
