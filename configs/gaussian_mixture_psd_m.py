@@ -4,4 +4,4 @@ from flow_maps import config_defaults
 
 
 def get_config(variant=None):
-  return config_defaults.with_objective(config_defaults.gaussian_mixture(variant), "psd_m")
+  return config_defaults.with_preset(config_defaults.gaussian_mixture(variant), "psd_m")

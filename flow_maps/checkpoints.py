@@ -21,12 +21,12 @@ class CheckpointError(RuntimeError):
 class Checkpoints:
   """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
 
-  def __init__(self, workdir: str, keep: int = 3):
+  def __init__(self, workdir: str, keep: int = 3, create: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                             enable_async_checkpointing=create))
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -54,6 +54,15 @@ class Checkpoints:
       raise CheckpointError(
           f"cannot restore the checkpoint at step {step} in {self.directory} into this run "
           f"(was it written by a different model or config?): {type(e).__name__}: {e}") from e
+
+  def restore_raw(self, step: int) -> Any:
+    """The checkpoint at `step` as saved (nested dicts and lists of host arrays), without a target:
+    for reading another run's weights (`pretrained.py`)."""
+    try:
+      return self._manager.restore(step, args=ocp.args.StandardRestore())
+    except Exception as e:  # orbax raises many types; name the checkpoint and the cause
+      raise CheckpointError(f"cannot read the checkpoint at step {step} in {self.directory}: "
+                            f"{type(e).__name__}: {e}") from e
 
   def close(self) -> None:
     self._manager.wait_until_finished()

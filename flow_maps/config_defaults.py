@@ -37,17 +37,45 @@ def common() -> ml_collections.ConfigDict:
   # Network answering v_{s,t}(x).
   c.model = ml_collections.ConfigDict()
   c.model.name = ""  # mlp | unet
-  c.model.learn_weight = False  # learned log-weight w(s, t) (`docs/method.md` §4)
 
-  # Objective (`docs/method.md` §3-4).
+  # Objective: a point in the five choices of `docs/method.md` §8 (presets: `PRESETS` below).
   c.objective = ml_collections.ConfigDict()
-  c.objective.name = "lsd"  # flow_matching | lsd | esd | psd
-  c.objective.stop_gradient = "teacher"  # teacher | full | none
+  # diagonal (flow matching only) | lagrangian | eulerian | progressive | discrete_eulerian (iCT)
+  c.objective.residual = "lagrangian"
+  # What drives the target: self (the teacher's own v_{t,t}) | conditional (dI_s of the row's
+  # own pair) | pretrained (a frozen flow model, `objective.pretrained`)
+  c.objective.velocity = "self"
+  c.objective.stop_gradient = "teacher"  # teacher | full | none | derivatives
+  # (s, t) distribution: triangle | logit_normal | dyadic | fixed_end (t = 1) | ict_grid
+  c.objective.times = "triangle"
+  c.objective.weighting = "none"  # none | learned (log-variance head) | adaptive (MeanFlow)
   c.objective.diagonal_fraction = 0.75  # eta: fraction of rows on s = t, on every device
   c.objective.psd_h = "uniform"  # PSD's u = h s + (1 - h) t: uniform (PSD-U) | midpoint (PSD-M)
   c.objective.teacher = "online"  # online | ema_<decay>, e.g. ema_0.999 (a decay of train.ema_decays)
+  # A finished run's workdir whose network is the frozen velocity of velocity='pretrained'
+  # ("DIR", or "DIR@STEP" for a given checkpoint), and which of its weights: online | ema_<decay>;
+  # "" takes the weights that run evaluates with (its eval.params).
+  c.objective.pretrained = ""
+  c.objective.pretrained_params = ""
   c.objective.anneal_start = 0  # diagonal only until this step ...
   c.objective.anneal_steps = 0  # ... then the largest t - s grows linearly to 1 (0: no annealing)
+  # Parameters of the time distributions (`times.TimeDistribution`), in this code's time direction.
+  c.objective.logit_normal_mean = 0.4  # logit_normal: sigmoid(N(mean, std^2)); MeanFlow's -0.4
+  c.objective.logit_normal_std = 1.0
+  c.objective.dyadic_levels = 7  # dyadic: t - s = 2^-k, k < levels (shortcut: 1 ... 1/64)
+  c.objective.noise_mean = -1.0  # fixed_end: noise level exp(N(mean, std^2)) (sCM's proposal)
+  c.objective.noise_std = 1.4
+  c.objective.ict_s0 = 10  # ict_grid: iCT's curriculum, N from s0 + 1 to s1 + 1 levels
+  c.objective.ict_s1 = 1280
+  c.objective.sigma_min = 0.002  # ict_grid: the Karras grid of noise levels
+  c.objective.sigma_max = 80.0
+  c.objective.rho = 7.0
+  c.objective.adaptive_p = 1.0  # adaptive: sg[(L + c)^-p] L
+  c.objective.adaptive_c = 1e-3
+  c.objective.distance = "l2"  # l2 | pseudo_huber (iCT)
+  c.objective.pseudo_huber_c = ml_collections.config_dict.placeholder(float)  # None: 0.00054 sqrt(d)
+  c.objective.tangent_normalization = 0.0  # eulerian + derivatives: E / (|E| + c); 0: off (sCM: 0.1)
+  c.objective.tangent_warmup_steps = 0  # eulerian + derivatives: ramp the derivative term (sCM)
 
   # Optimiser (optax).
   c.optim = ml_collections.ConfigDict()
@@ -73,6 +101,9 @@ def common() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.params = "ema_0.9999"  # online | ema_<decay>
+  # flow_map: x_{k+1} = X_{t_k, t_{k+1}}(x_k); consistency: the single-time map X_{t_k, 1}, then
+  # fresh noise back to t_{k+1} (consistency models' multistep sampling, `sampling.py`).
+  c.eval.sampler = "flow_map"
   c.eval.steps = (1, 2, 4, 8, 16)  # numbers of flow-map steps
   c.eval.num_samples = 100_000
   c.eval.batch_size = 10_000
@@ -83,21 +114,55 @@ def common() -> ml_collections.ConfigDict:
   return c
 
 
-# The published objective settings (`docs/method.md` §3-4), by the names the paper uses.
-PUBLISHED_OBJECTIVES = {
-    "lsd": dict(name="lsd", stop_gradient="teacher"),
-    "esd": dict(name="esd", stop_gradient="full"),
-    "psd_m": dict(name="psd", psd_h="midpoint", stop_gradient="teacher"),
-    "psd_u": dict(name="psd", psd_h="uniform", stop_gradient="teacher"),
-    "flow_matching": dict(name="flow_matching", diagonal_fraction=1.0),
+# Named presets (`docs/method.md` §8): each method as a point in the objective table, plus the
+# settings outside `objective` that the method itself fixes (its interpolant, its sampler).
+# Fields not named keep the base's values.
+_SINGLE_TIME = {"diagonal_fraction": 0.0, "eval.sampler": "consistency", "eval.ode_steps": ()}
+PRESETS = {
+    # The paper's objectives.
+    "flow_matching": {"residual": "diagonal", "diagonal_fraction": 1.0},
+    "lsd": {"residual": "lagrangian", "stop_gradient": "teacher"},
+    "esd": {"residual": "eulerian", "stop_gradient": "full"},
+    "psd_m": {"residual": "progressive", "psd_h": "midpoint", "stop_gradient": "teacher"},
+    "psd_u": {"residual": "progressive", "psd_h": "uniform", "stop_gradient": "teacher"},
+    # Direct training with the conditional velocity.
+    "meanflow": {"residual": "eulerian", "velocity": "conditional",
+                 "stop_gradient": "derivatives", "times": "logit_normal",
+                 "logit_normal_mean": 0.4, "logit_normal_std": 1.0, "weighting": "adaptive",
+                 "adaptive_p": 1.0, "adaptive_c": 1e-3, "diagonal_fraction": 0.75},
+    "shortcut": {"residual": "progressive", "psd_h": "midpoint", "stop_gradient": "teacher",
+                 "times": "dyadic", "dyadic_levels": 7, "diagonal_fraction": 0.75,
+                 "teacher": "ema_0.999"},
+    "consistency_training": {"residual": "eulerian", "velocity": "conditional",
+                             "stop_gradient": "derivatives", "times": "fixed_end",
+                             "noise_mean": -1.0, "noise_std": 1.4, "tangent_normalization": 0.1,
+                             "tangent_warmup_steps": 10_000, "weighting": "learned",
+                             "interpolant.name": "trigonometric", **_SINGLE_TIME},
+    "consistency_training_discrete": {"residual": "discrete_eulerian",
+                                      "velocity": "conditional", "stop_gradient": "teacher",
+                                      "times": "ict_grid", "distance": "pseudo_huber",
+                                      **_SINGLE_TIME},
+    # Distillation of a pretrained flow model (`objective.pretrained`).
+    "consistency_distillation": {"residual": "eulerian", "velocity": "pretrained",
+                                 "stop_gradient": "derivatives", "times": "fixed_end",
+                                 "tangent_normalization": 0.1, **_SINGLE_TIME},
+    "lmd": {"residual": "lagrangian", "velocity": "pretrained", "stop_gradient": "teacher"},
+    "emd": {"residual": "eulerian", "velocity": "pretrained", "stop_gradient": "full"},
+    "pmd": {"residual": "progressive", "velocity": "pretrained", "psd_h": "uniform",
+            "stop_gradient": "teacher"},
 }
 
 
-def with_objective(c: ml_collections.ConfigDict, objective: str) -> ml_collections.ConfigDict:
-  """Sets `c.objective` to a published objective: lsd | esd | psd_m | psd_u | flow_matching."""
-  if objective not in PUBLISHED_OBJECTIVES:
-    raise ValueError(f"unknown objective {objective!r}; allowed: {sorted(PUBLISHED_OBJECTIVES)}")
-  c.objective.update(PUBLISHED_OBJECTIVES[objective])
+def with_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.ConfigDict:
+  """Sets `c` to a named preset of `PRESETS`: fields without a dot are `objective` fields."""
+  if preset not in PRESETS:
+    raise ValueError(f"unknown preset {preset!r}; allowed: {', '.join(sorted(PRESETS))}")
+  for field, value in PRESETS[preset].items():
+    section, name = field.split(".") if "." in field else ("objective", field)
+    c[section][name] = value
+  teacher = c.objective.teacher  # an EMA teacher (shortcut) is one of the EMAs the run keeps
+  if teacher.startswith("ema_") and float(teacher[4:]) not in c.train.ema_decays:
+    c.train.ema_decays = tuple(c.train.ema_decays) + (float(teacher[4:]),)
   return c
 
 
@@ -178,7 +243,7 @@ def _images(preset: str) -> ml_collections.ConfigDict:
 
   c.model.name = "unet"
   c.model.preset = preset  # cifar10 | celeba64 | tiny (`unet.PRESETS`)
-  c.model.learn_weight = True  # w(s, t), the EDM2-style log-variance head
+  c.objective.weighting = "learned"  # w(s, t), the EDM2-style log-variance head of the UNet
   c.model.compute_dtype = "float32"  # float32 | bfloat16 (activations; parameters stay float32)
   # Optional overrides of the preset's architecture; None keeps the preset's value.
   c.model.model_channels = placeholder(int)

@@ -5,7 +5,8 @@
   - the velocity b_t(x) = v_{t,t}(x) (the tangent condition);
   - d/dt X, d/ds X and the spatial directional derivative grad_x X . dx, each by one `jax.jvp`;
     for ESD, d/ds X and grad_x X . b on one shared primal (`jax.linearize`), or their sum by a
-    single jvp in (s, x).
+    single jvp in (s, x);
+  - the same derivatives of v itself, for the `derivatives` placement (gradient through v only).
 
 Everything is batched over a leading axis: times have shape [B] and states [B, ...]. Samples never
 interact inside a network, so a jvp with an all-ones time tangent gives every sample's own time
@@ -70,6 +71,18 @@ def flow_map_and_eulerian_derivative(v: VelocityField, s: Array, t: Array, x: Ar
   """(X_{s,t}(x), d/ds X_{s,t}(x) + grad_x X_{s,t}(x) . b) by one jvp in (s, x) with tangent
   (1, b): both derivatives of ESD for the price of one tangent pass (`docs/method.md` §3)."""
   return jax.jvp(lambda s_, x_: flow_map(v, s_, t, x_), (s, x), (jnp.ones_like(s), b))
+
+
+def velocity_and_dt(v: VelocityField, s: Array, t: Array, x: Array) -> tuple[Array, Array]:
+  """(v_{s,t}(x), d/dt v_{s,t}(x)) by one jvp in t: for placements that differentiate v only."""
+  return jax.jvp(lambda t_: v(s, t_, x), (t,), (jnp.ones_like(t),))
+
+
+def velocity_and_transport(v: VelocityField, s: Array, t: Array, x: Array,
+                           b: Array) -> tuple[Array, Array]:
+  """(v_{s,t}(x), d/ds v_{s,t}(x) + grad_x v_{s,t}(x) . b) by one jvp in (s, x) with tangent
+  (1, b): the derivative of v along the flow of b (MeanFlow's du/dt, `docs/method.md` §8)."""
+  return jax.jvp(lambda s_, x_: v(s_, t, x_), (s, x), (jnp.ones_like(s), b))
 
 
 def sample(v: VelocityField, x0: Array, grid: Array) -> Array:

@@ -28,12 +28,20 @@ class Interpolant:
   beta: Callable[[Array], Array]
   dalpha: Callable[[Array], Array]
   dbeta: Callable[[Array], Array]
+  # The time at which the noise-to-signal ratio alpha_t sigma0 / beta_t equals sigma: the EDM
+  # noise level of I_t / beta_t = x1 + (alpha_t sigma0 / beta_t) z (consistency models'
+  # coordinates, `docs/method.md` §8).
+  noise_ratio_time: Callable[[Array, float], Array]
   sigma0: float = 1.0
 
   def interpolate(self, t: Array, x0: Array, x1: Array) -> Array:
     """I_t for per-sample times t of shape [B] and x0, x1 of shape [B, ...]."""
     tb = per_sample(t, x0)
     return self.alpha(tb) * x0 + self.beta(tb) * x1
+
+  def time_of_noise_ratio(self, sigma: Array) -> Array:
+    """t with alpha_t sigma0 / beta_t = sigma."""
+    return self.noise_ratio_time(sigma, self.sigma0)
 
   def time_derivative(self, t: Array, x0: Array, x1: Array) -> Array:
     """dI_t = alpha'_t x0 + beta'_t x1 (the conditional velocity)."""
@@ -49,6 +57,7 @@ def linear(sigma0: float = 1.0) -> Interpolant:
       beta=lambda t: t,
       dalpha=lambda t: -jnp.ones_like(t),
       dbeta=lambda t: jnp.ones_like(t),
+      noise_ratio_time=lambda sigma, sigma0: sigma0 / (sigma0 + sigma),
       sigma0=sigma0,
   )
 
@@ -62,6 +71,7 @@ def trigonometric(sigma0: float = 1.0) -> Interpolant:
       beta=lambda t: jnp.sin(half_pi * t),
       dalpha=lambda t: -half_pi * jnp.sin(half_pi * t),
       dbeta=lambda t: half_pi * jnp.cos(half_pi * t),
+      noise_ratio_time=lambda sigma, sigma0: jnp.arctan2(sigma0, sigma) / half_pi,
       sigma0=sigma0,
   )
 

@@ -1,4 +1,5 @@
-"""Self-distillation objectives as pure functions: diagonal, LSD, ESD, PSD (`docs/method.md` §3-4).
+"""Flow-map objectives as pure functions: one residual per characterisation, and the table of
+choices that makes every known few-step method a point in it (`docs/method.md` §3-4, §8).
 
 Each residual takes the student's velocity field `v` (a function (s, t, x) -> v_{s,t}(x), see
 `flow_map.py`), the teacher's `v_teacher`, times, the states and a stop-gradient placement, and
@@ -10,14 +11,18 @@ Stop-gradient placements:
     placement and is accepted as such.
   - "full": in ESD, the spatial term grad_x X . b is a constant as well as b (published for ESD).
   - "none": no stop-gradient; with the online parameters as teacher, gradients flow through it.
+  - "derivatives": the gradient flows through v_{s,t}(x) only; every derivative term is a
+    constant (MeanFlow, sCM: `docs/method.md` §8). R is written |v - sg T|^2, same value.
 
 The teacher is whatever velocity field the caller passes: the online parameters (published), an
-EMA, or a frozen, separately trained model (distillation, `docs/method.md` §3).
+EMA, or a frozen, separately trained model (distillation); the velocity that drives a target is
+that teacher's diagonal, the row's own conditional velocity dI_s, or a pretrained model's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jax
@@ -30,8 +35,27 @@ from flow_maps.interpolants import Interpolant, per_sample
 Array = jax.Array
 sg = jax.lax.stop_gradient
 
-OBJECTIVES = ("flow_matching", "lsd", "esd", "psd")
-STOP_GRADIENTS = ("teacher", "full", "none")
+RESIDUALS = ("diagonal", "lagrangian", "eulerian", "progressive", "discrete_eulerian")
+VELOCITIES = ("self", "conditional", "pretrained")
+STOP_GRADIENTS = ("teacher", "full", "none", "derivatives")
+WEIGHTINGS = ("none", "learned", "adaptive")
+DISTANCES = ("l2", "pseudo_huber")
+
+# What each residual admits (`docs/method.md` §8): the velocity driving its target, the
+# stop-gradient placements, the time distributions. The diagonal has no teacher to stop.
+ADMITS = {
+    "diagonal": dict(velocity=("self", "pretrained"), stop_gradient=STOP_GRADIENTS,
+                     times=("triangle", "logit_normal", "dyadic")),
+    "lagrangian": dict(velocity=("self", "pretrained"),
+                       stop_gradient=("teacher", "full", "none", "derivatives"),
+                       times=("triangle", "logit_normal", "dyadic")),
+    "eulerian": dict(velocity=VELOCITIES, stop_gradient=STOP_GRADIENTS,
+                     times=("triangle", "logit_normal", "dyadic", "fixed_end")),
+    "progressive": dict(velocity=("self", "pretrained"), stop_gradient=("teacher", "full", "none"),
+                        times=("triangle", "logit_normal", "dyadic")),
+    "discrete_eulerian": dict(velocity=("conditional",), stop_gradient=("teacher", "none"),
+                              times=("ict_grid",)),
+}
 
 
 def squared_norm(x: Array) -> Array:
@@ -48,32 +72,64 @@ def _teacher_output(y: Array, stop_gradient: str) -> Array:
 
 
 def diagonal_residual(v: fm.VelocityField, t: Array, x0: Array, x1: Array,
-                      interpolant: Interpolant) -> Array:
-  """Flow matching on s = t: R = |v_{t,t}(I_t) - dI_t|^2."""
+                      interpolant: Interpolant,
+                      v_pretrained: Optional[fm.VelocityField] = None) -> Array:
+  """Flow matching on s = t: R = |v_{t,t}(I_t) - dI_t|^2; with a pretrained velocity b,
+  velocity distillation R = |v_{t,t}(I_t) - sg b_t(I_t)|^2 (`docs/method.md` §8)."""
   It = interpolant.interpolate(t, x0, x1)
-  return squared_norm(fm.velocity(v, t, It) - interpolant.time_derivative(t, x0, x1))
+  if v_pretrained is None:
+    target = interpolant.time_derivative(t, x0, x1)
+  else:
+    target = sg(fm.velocity(v_pretrained, t, It))
+  return squared_norm(fm.velocity(v, t, It) - target)
 
 
 def lagrangian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array, t: Array,
                         x: Array, stop_gradient: str = "teacher") -> Array:
-  """LSD: R = |d/dt X_{s,t}(x) - sg[v_{t,t}(sg X_{s,t}(x))]|^2."""
+  """LSD: R = |d/dt X_{s,t}(x) - sg[v_{t,t}(sg X_{s,t}(x))]|^2.
+
+  "derivatives": the same value as |v_{s,t} - sg[b_t(X) - (t - s) d/dt v_{s,t}]|^2, with the
+  gradient through v_{s,t} only.
+  """
+  if stop_gradient == "derivatives":
+    v_st, dv_dt = fm.velocity_and_dt(v, s, t, x)
+    X = x + per_sample(t - s, x) * v_st
+    target = fm.velocity(v_teacher, t, sg(X)) - per_sample(t - s, x) * dv_dt
+    return squared_norm(v_st - sg(target))
   X, dX_dt = fm.flow_map_and_dt(v, s, t, x)
   target = fm.velocity(v_teacher, t, _teacher_input(X, stop_gradient))
   return squared_norm(dX_dt - _teacher_output(target, stop_gradient))
 
 
-def eulerian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array, t: Array,
-                      x: Array, stop_gradient: str = "full") -> Array:
-  """ESD: R = |d/ds X_{s,t}(x) + sg[grad_x X_{s,t}(x) . v_{s,s}(x)]|^2.
+def eulerian_residual(v: fm.VelocityField, v_teacher: Optional[fm.VelocityField], s: Array,
+                      t: Array, x: Array, stop_gradient: str = "full", *, b: Optional[Array] = None,
+                      tangent_normalization: float = 0.0, warmup: Array = 1.0) -> Array:
+  """ESD: R = |d/ds X_{s,t}(x) + sg[grad_x X_{s,t}(x) . b_s(x)]|^2, b_s = v_{s,s} of the teacher,
+  or the drive `b` given (the conditional dI_s, a pretrained velocity: `docs/method.md` §8).
 
   "full" (published) stops the gradient through the whole spatial term, "teacher" through the
-  velocity v_{s,s} only, "none" nowhere. The spatial term is the student's own map.
+  velocity b only, "none" nowhere. The spatial term is the student's own map.
+  "derivatives" (MeanFlow, sCM): R = |v_{s,t} - sg T|^2, T = b + (t - s)(d/ds v + grad_x v . b),
+  the same value with the gradient through v_{s,t} only. Only there: `warmup` r scales the
+  derivative term of T (sCM's tangent warm-up, in this parameterisation: r = 0 regresses v_{s,t}
+  on b), and `tangent_normalization` c > 0 replaces the error E = v - T by E / (|E| + c) (sCM's
+  tangent normalisation, in this parameterisation's units), so R = |E / (|E| + c)|^2.
 
   Cost per row in network passes, backward included: with "full" the two terms need their own
   tangents (only d/ds X is differentiated) on one shared primal, 8; otherwise their sum is one
-  jvp in (s, x) with tangent (1, b), 7 ("none": 9, the teacher's backward added).
+  jvp in (s, x) with tangent (1, b), 7 ("none": 9, the teacher's backward added); "derivatives"
+  differentiates the primal only, 5.
   """
-  b = _teacher_output(fm.velocity(v_teacher, s, x), stop_gradient)
+  if b is None:
+    b = _teacher_output(fm.velocity(v_teacher, s, x), stop_gradient)
+  if stop_gradient == "derivatives":
+    v_st, transport = fm.velocity_and_transport(v, s, t, x, b)
+    target = b + per_sample(t - s, x) * (warmup * transport)
+    if not tangent_normalization:
+      return squared_norm(v_st - sg(target))
+    error = sg(v_st - target)
+    error = error / (per_sample(jnp.sqrt(squared_norm(error)), x) + tangent_normalization)
+    return squared_norm(v_st - sg(v_st - error))
   if stop_gradient == "full":
     _, dX_ds, transport = fm.flow_map_and_partials(v, s, t, x, b)
     return squared_norm(dX_ds + sg(transport))
@@ -97,26 +153,80 @@ def progressive_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Ar
   return squared_norm(v(s, t, x) - target)
 
 
+def discrete_eulerian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array,
+                               s_target: Array, x: Array, x_target: Array,
+                               stop_gradient: str = "teacher") -> Array:
+  """Discrete consistency training (iCT, `docs/method.md` §8): the single-time map to data of a
+  noisier point against the teacher's map of a less noisy point of the same pair (x0, x1),
+  R = |X_{s,1}(I_s) - sg X_{s',1}(I_{s'})|^2 with s < s': a finite difference of the Eulerian
+  residual along the conditional path."""
+  one = jnp.ones_like(s)
+  target = fm.flow_map(v_teacher, s_target, one, _teacher_input(x_target, stop_gradient))
+  return squared_norm(fm.flow_map(v, s, one, x) - _teacher_output(target, stop_gradient))
+
+
+def pseudo_huber(R: Array, c: Array) -> Array:
+  """sqrt(R + c^2) - c: iCT's distance for R = |a - b|^2."""
+  return jnp.sqrt(R + c * c) - c
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """Which loss to train: built once from the config, static under jit."""
+  """Which loss to train: a point in the five choices of `docs/method.md` §8, built once from the
+  config and static under jit.
 
-  name: str = "lsd"
+  residual: the characterisation (diagonal = flow matching only, lagrangian, eulerian,
+    progressive, discrete_eulerian = iCT's finite difference); velocity: what drives the target
+    and the Eulerian tangent (self = the teacher's own diagonal, conditional = dI_s of the row's
+    own pair, pretrained = a frozen flow model); stop_gradient: the placement (module docstring);
+    times: the (s, t) distribution (`times.TimeDistribution`); weighting: per row, none, learned
+    (exp(-w) L + w) or adaptive (MeanFlow's sg[(L + c)^-p] L).
+  """
+
+  residual: str = "lagrangian"
+  velocity: str = "self"
   stop_gradient: str = "teacher"
+  times: times_lib.TimeDistribution = times_lib.TimeDistribution()
+  weighting: str = "none"
   diagonal_fraction: float = 0.75
-  psd_h: str = "uniform"
+  adaptive_p: float = 1.0
+  adaptive_c: float = 1e-3
+  distance: str = "l2"
+  pseudo_huber_c: Optional[float] = None  # None: iCT's 0.00054 sqrt(dimension)
+  tangent_normalization: float = 0.0
+  tangent_warmup_steps: int = 0
 
   def __post_init__(self):
-    if self.name not in OBJECTIVES:
-      raise ValueError(f"objective.name: unknown objective {self.name!r}; allowed: {OBJECTIVES}")
-    if self.stop_gradient not in STOP_GRADIENTS:
-      raise ValueError(f"objective.stop_gradient: unknown placement {self.stop_gradient!r}; "
-                       f"allowed: {STOP_GRADIENTS}")
-    if self.psd_h not in ("uniform", "midpoint"):
-      raise ValueError(f"objective.psd_h: must be 'uniform' or 'midpoint', got {self.psd_h!r}")
-    if self.name == "flow_matching" and self.diagonal_fraction != 1.0:
-      raise ValueError("objective.diagonal_fraction: flow_matching trains on the diagonal only, "
+    def choice(field, value, allowed):
+      if value not in allowed:
+        raise ValueError(f"objective.{field}: unknown value {value!r}; allowed: "
+                         f"{', '.join(map(repr, allowed))}")
+
+    choice("residual", self.residual, RESIDUALS)
+    choice("velocity", self.velocity, VELOCITIES)
+    choice("stop_gradient", self.stop_gradient, STOP_GRADIENTS)
+    choice("weighting", self.weighting, WEIGHTINGS)
+    choice("distance", self.distance, DISTANCES)
+    admits = ADMITS[self.residual]
+    for field in ("velocity", "stop_gradient"):
+      if getattr(self, field) not in admits[field]:
+        raise ValueError(f"objective.{field}: {getattr(self, field)!r} does not apply to the "
+                         f"{self.residual} residual; allowed there: "
+                         f"{', '.join(map(repr, admits[field]))}")
+    if self.times.name not in admits["times"]:
+      raise ValueError(f"objective.times: {self.times.name!r} does not apply to the "
+                       f"{self.residual} residual; allowed there: "
+                       f"{', '.join(map(repr, admits['times']))}")
+    if self.residual == "diagonal" and self.diagonal_fraction != 1.0:
+      raise ValueError("objective.diagonal_fraction: the diagonal residual trains on s = t only, "
                        f"so it must be 1.0, got {self.diagonal_fraction}")
+    derivative_options = self.tangent_normalization or self.tangent_warmup_steps
+    if derivative_options and (self.residual, self.stop_gradient) != ("eulerian", "derivatives"):
+      raise ValueError("objective.tangent_normalization / tangent_warmup_steps: only for the "
+                       "eulerian residual with stop_gradient='derivatives' (sCM), got "
+                       f"{self.residual} with {self.stop_gradient!r}")
+    if self.tangent_normalization < 0 or self.tangent_warmup_steps < 0:
+      raise ValueError("objective.tangent_normalization and tangent_warmup_steps must be >= 0")
     try:
       times_lib.diagonal_layout(self.diagonal_fraction)
     except ValueError as e:
@@ -126,37 +236,69 @@ class Objective:
   def layout(self) -> times_lib.Layout:
     return times_lib.diagonal_layout(self.diagonal_fraction)
 
-  def off_diagonal_residual(self, v, v_teacher, times: times_lib.OffDiagonalTimes,
-                            x: Array) -> Array:
-    if self.name == "lsd":
-      return lagrangian_residual(v, v_teacher, times.s, times.t, x, self.stop_gradient)
-    if self.name == "esd":
-      return eulerian_residual(v, v_teacher, times.s, times.t, x, self.stop_gradient)
-    if self.name == "psd":
-      return progressive_residual(v, v_teacher, times.s, times.t, times.h, x, self.stop_gradient)
-    raise ValueError(f"{self.name} has no off-diagonal term")
+  def warmup(self, step: Array) -> Array:
+    """sCM's tangent warm-up factor r in [0, 1] at a step (1 without warm-up)."""
+    if not self.tangent_warmup_steps:
+      return 1.0
+    return jnp.clip(jnp.asarray(step, jnp.float32) / self.tangent_warmup_steps, 0.0, 1.0)
 
+  def off_diagonal_residual(self, v, v_teacher, v_drive, times: times_lib.OffDiagonalTimes,
+                            x0: Array, x1: Array, interpolant: Interpolant,
+                            step: Array = 0) -> Array:
+    """R per off-diagonal row; `v_drive` is the field whose diagonal drives the target (the
+    teacher itself, or a pretrained model)."""
+    s, t = times.s, times.t
+    x = interpolant.interpolate(s, x0, x1)
+    if self.residual == "lagrangian":
+      return lagrangian_residual(v, v_drive, s, t, x, self.stop_gradient)
+    if self.residual == "eulerian":
+      b = (interpolant.time_derivative(s, x0, x1) if self.velocity == "conditional" else
+           _teacher_output(fm.velocity(v_drive, s, x), self.stop_gradient))
+      return eulerian_residual(v, None, s, t, x, self.stop_gradient, b=b,
+                               tangent_normalization=self.tangent_normalization,
+                               warmup=self.warmup(step))
+    if self.residual == "progressive":
+      return progressive_residual(v, v_teacher, s, t, times.h, x, self.stop_gradient)
+    if self.residual == "discrete_eulerian":
+      x_target = interpolant.interpolate(times.s_target, x0, x1)
+      return discrete_eulerian_residual(v, v_teacher, s, times.s_target, x, x_target,
+                                        self.stop_gradient)
+    raise ValueError(f"{self.residual} has no off-diagonal term")
 
-def _weighted(residual: Array, log_weight: Optional[Array]) -> Array:
-  """exp(-w) R + w (`docs/method.md` §4), or R without a learned weight."""
-  if log_weight is None:
-    return residual
-  return jnp.exp(-log_weight) * residual + log_weight
+  def row_loss(self, R: Array, dimension: int, time_weight: Any = 1.0,
+               log_weight: Optional[Array] = None) -> Array:
+    """The per-row loss of a residual: distance, the time distribution's weight, then the
+    per-row weighting (`docs/method.md` §4, §8 (e))."""
+    if self.distance == "pseudo_huber":
+      c = self.pseudo_huber_c if self.pseudo_huber_c is not None else 0.00054 * dimension**0.5
+      R = pseudo_huber(R, c)
+    L = time_weight * R
+    if self.weighting == "learned":
+      return jnp.exp(-log_weight) * L + log_weight
+    if self.weighting == "adaptive":
+      return sg(jnp.power(L + self.adaptive_c, -self.adaptive_p)) * L
+    return L
 
 
 def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
          objective: Objective, interpolant: Interpolant, teacher_params: Any = None,
-         gap: Array = 1.0, train: bool = True) -> tuple[Array, dict[str, Array]]:
-  """The self-distillation loss of one batch of data x1 [B, ...] and its metrics.
+         pretrained: Optional[fm.VelocityField] = None, gap: Array = 1.0, step: Array = 0,
+         train: bool = True) -> tuple[Array, dict[str, Array]]:
+  """The loss of one batch of data x1 [B, ...] and its metrics.
 
   Noise, times and dropout are drawn from `key`. The batch is split into diagonal and
   off-diagonal rows by `objective.layout` (see `times.py`); the loss is the mean over all rows of
-  the per-row (weighted) residual. `teacher_params` defaults to the online `params`; `gap` is the
-  annealed largest t - s.
+  the per-row loss. `teacher_params` defaults to the online `params`; `pretrained` is the frozen
+  velocity field of `objective.velocity = 'pretrained'`; `gap` is the annealed largest t - s;
+  `step` the optimiser step (iCT's curriculum, sCM's warm-up).
   """
+  if (objective.velocity == "pretrained") != (pretrained is not None):
+    raise ValueError("objective.velocity: a pretrained velocity field is needed exactly when "
+                     f"velocity='pretrained' (got velocity={objective.velocity!r})")
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
   dtype = x1.dtype
   batch = x1.shape[0]
+  dimension = math.prod(x1.shape[1:])
   x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, dtype)
   v = model.bind(params, key_dropout if train else None)
   if teacher_params is None:
@@ -164,6 +306,8 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   if objective.stop_gradient != "none":
     teacher_params = sg(teacher_params)
   v_teacher = model.bind(teacher_params)
+  v_drive = v_teacher if pretrained is None else pretrained
+  learned = objective.weighting == "learned"
 
   layout = objective.layout
   n_diag, n_off = layout.counts(batch)
@@ -173,18 +317,36 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   total = jnp.zeros((), jnp.float32)
 
   if n_diag:
-    t = times_lib.sample_diagonal_times(key_diag, n_diag, dtype)
-    R = diagonal_residual(v, t, x0_d, x1_d, interpolant)
-    w = model.log_weight(params, t, t) if model.learns_weight else None
-    total += jnp.sum(_weighted(R, w))
+    t = objective.times.diagonal(key_diag, n_diag, dtype)
+    R = diagonal_residual(v, t, x0_d, x1_d, interpolant, pretrained)
+    w = model.log_weight(params, t, t) if learned else None
+    total += jnp.sum(objective.row_loss(R, dimension, log_weight=w))
     metrics["diagonal"] = jnp.mean(R)
   if n_off:
-    times = times_lib.sample_off_diagonal_times(key_off, n_off, gap, objective.psd_h, dtype)
-    Is = interpolant.interpolate(times.s, x0_o, x1_o)
-    R = objective.off_diagonal_residual(v, v_teacher, times, Is)
-    w = model.log_weight(params, times.s, times.t) if model.learns_weight else None
-    total += jnp.sum(_weighted(R, w))
-    metrics[objective.name] = jnp.mean(R)
+    times = objective.times.off_diagonal(key_off, n_off, interpolant, gap=gap, step=step,
+                                         dtype=dtype)
+    R = objective.off_diagonal_residual(v, v_teacher, v_drive, times, x0_o, x1_o, interpolant,
+                                        step)
+    w = model.log_weight(params, times.s, times.t) if learned else None
+    total += jnp.sum(objective.row_loss(R, dimension, times.weight, w))
+    metrics[objective.residual] = jnp.mean(R)
   total = total / batch
   metrics["loss"] = total
   return total, metrics
+
+
+def from_config(objective_config: Any, total_steps: int = 1) -> Objective:
+  """The Objective of a config's `objective` section (`config_defaults.common`); `total_steps`
+  is the run's length (iCT's curriculum). Raises ValueError naming the field."""
+  oc = objective_config
+  times = times_lib.TimeDistribution(
+      name=oc.times, psd_h=oc.psd_h, logit_normal_mean=oc.logit_normal_mean,
+      logit_normal_std=oc.logit_normal_std, dyadic_levels=oc.dyadic_levels,
+      noise_mean=oc.noise_mean, noise_std=oc.noise_std, ict_s0=oc.ict_s0, ict_s1=oc.ict_s1,
+      sigma_min=oc.sigma_min, sigma_max=oc.sigma_max, rho=oc.rho, total_steps=max(total_steps, 1))
+  return Objective(
+      residual=oc.residual, velocity=oc.velocity, stop_gradient=oc.stop_gradient, times=times,
+      weighting=oc.weighting, diagonal_fraction=oc.diagonal_fraction, adaptive_p=oc.adaptive_p,
+      adaptive_c=oc.adaptive_c, distance=oc.distance, pseudo_huber_c=oc.pseudo_huber_c,
+      tangent_normalization=oc.tangent_normalization,
+      tangent_warmup_steps=oc.tangent_warmup_steps)

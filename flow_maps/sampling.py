@@ -69,3 +69,36 @@ def sample_heun(v: fm.VelocityField, x0: Array, steps: int) -> Array:
 
 
 ODE_SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+
+
+def sample_consistency(v: fm.VelocityField, x0: Array, steps: int, interpolant,
+                       key: Array) -> Array:
+  """Consistency models' multistep sampler for a single-time map X_{s,1}: on the grid
+  t_k = k / N, x1 = X_{t_k,1}(x), then fresh noise back to t_{k+1}: x = I_{t_{k+1}}(z, x1) with
+  z ~ N(0, sigma0^2 I). One step is X_{0,1}(x0)."""
+  batch, dtype = x0.shape[0], x0.dtype
+  grid = uniform_grid(steps, dtype)
+  one = jnp.ones((batch,), dtype)
+
+  def step(x, inputs):
+    t, k = inputs
+    x1 = fm.flow_map(v, jnp.full((batch,), t, dtype), one, x)
+    z = interpolant.sigma0 * jax.random.normal(jax.random.fold_in(key, k), x.shape, dtype)
+    t_next = jnp.full((batch,), grid[k + 1], dtype)
+    return jnp.where(k + 1 < steps, interpolant.interpolate(t_next, z, x1), x1), None
+
+  x, _ = jax.lax.scan(step, x0, (grid[:-1], jnp.arange(steps)))
+  return x
+
+
+SAMPLERS = ("flow_map", "consistency")
+
+
+def map_sampler(name: str, interpolant=None):
+  """The few-step sampler of `eval.sampler` as fn(v, x0, steps, key) (key: the re-noising of
+  'consistency'; 'flow_map' is deterministic and ignores it)."""
+  if name == "flow_map":
+    return lambda v, x0, steps, key=None: sample_flow_map(v, x0, steps)
+  if name == "consistency":
+    return lambda v, x0, steps, key: sample_consistency(v, x0, steps, interpolant, key)
+  raise ValueError(f"eval.sampler: unknown value {name!r}; allowed: {SAMPLERS}")

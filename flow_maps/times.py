@@ -1,6 +1,6 @@
-"""Time sampling for self-distillation: diagonal fraction, the triangle s <= t, annealing, PSD's u.
+"""Time sampling: diagonal fraction, the (s, t) distributions of each method, annealing, PSD's u.
 
-`docs/method.md` §4.
+`docs/method.md` §4 and §8 (d).
 
 Batch layout. A fraction eta of the rows sits on the diagonal (s = t, the flow-matching term) and
 the rest off it. The published multi-device code puts the diagonal rows first and then splits the
@@ -14,8 +14,10 @@ a reshape [B] -> [B / P, P] and a slice on the second axis, which stays local to
 
 from __future__ import annotations
 
+import dataclasses
 import fractions
-from typing import NamedTuple
+import math
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -79,11 +81,15 @@ def diagonal_layout(fraction: float) -> Layout:
 
 
 class OffDiagonalTimes(NamedTuple):
-  """Times for the off-diagonal rows: s <= u <= t with u = h s + (1 - h) t."""
+  """Times for the off-diagonal rows: s <= u <= t with u = h s + (1 - h) t; a per-row weight
+  asked for by the time distribution (1.0: none) and, for discrete consistency pairs, the
+  target's time s_target > s (None elsewhere)."""
 
   s: Array
   t: Array
   h: Array
+  weight: Any = 1.0
+  s_target: Optional[Array] = None
 
   @property
   def u(self) -> Array:
@@ -134,3 +140,139 @@ def sample_off_diagonal_times(key: Array, n: int, gap: Array = 1.0, psd_h: str =
   key_st, key_h = jax.random.split(key)
   s, t = sample_triangle(key_st, n, gap, dtype)
   return OffDiagonalTimes(s=s, t=t, h=sample_h(key_h, n, psd_h, dtype))
+
+
+# --------------------------------------------------------------------------- time distributions
+# The (s, t) law of the off-diagonal rows and the t law of the diagonal rows, one per method
+# (`docs/method.md` §8 (d)). Each returns OffDiagonalTimes; `weight` is a per-row factor the
+# distribution itself asks for (iCT's 1 / (sigma_{i+1} - sigma_i)), 1 elsewhere, and `t_target`
+# is the second time of a discrete pair (iCT), equal to t elsewhere.
+
+TIME_DISTRIBUTIONS = ("triangle", "logit_normal", "dyadic", "fixed_end", "ict_grid")
+
+
+def sample_logit_normal(key: Array, shape, mean: float, std: float, dtype=jnp.float32) -> Array:
+  """sigmoid(N(mean, std^2))."""
+  return jax.nn.sigmoid(mean + std * jax.random.normal(key, shape, dtype))
+
+
+def sample_dyadic(key: Array, n: int, levels: int, dtype=jnp.float32) -> tuple[Array, Array]:
+  """Shortcut models' pairs (`docs/method.md` §8): the gap t - s = 2^-k with the level k uniform
+  on {0, ..., levels - 1}, and s uniform on the multiples of that gap with t <= 1."""
+  key_level, key_start = jax.random.split(key)
+  k = jax.random.randint(key_level, (n,), 0, levels)
+  cells = jnp.left_shift(1, k)  # 2^k steps of size 2^-k cover [0, 1]
+  j = jnp.floor(jax.random.uniform(key_start, (n,), dtype) * cells.astype(dtype))
+  j = jnp.minimum(j, (cells - 1).astype(dtype))
+  gap = 1.0 / cells.astype(dtype)
+  return j * gap, (j + 1.0) * gap
+
+
+def ict_num_scales(step: Array, total_steps: int, s0: int, s1: int) -> Array:
+  """iCT's curriculum (Song & Dhariwal 2023, eq. 7 of 'Improved techniques'): N(k) = min(s0
+  2^floor(k / K'), s1) + 1 with K' = floor(K / (log2 floor(s1 / s0) + 1))."""
+  k_prime = max(1, int(total_steps // (math.log2(s1 // s0) + 1)))
+  doublings = jnp.floor_divide(jnp.asarray(step, jnp.int32), k_prime)
+  return jnp.minimum(s0 * jnp.power(2.0, doublings.astype(jnp.float32)), s1).astype(jnp.int32) + 1
+
+
+def karras_sigmas(num: Array, max_num: int, sigma_min: float, sigma_max: float,
+                  rho: float) -> Array:
+  """The first `num` of max_num slots hold the Karras grid sigma_i = (sigma_min^(1/rho) +
+  i / (num - 1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, increasing; later slots repeat
+  sigma_max."""
+  i = jnp.arange(max_num, dtype=jnp.float32)
+  frac = jnp.minimum(i / (num - 1).astype(jnp.float32), 1.0)
+  lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+  return (lo + frac * (hi - lo)) ** rho
+
+
+def sample_ict_pairs(key: Array, n: int, num: Array, max_num: int, sigma_min: float,
+                     sigma_max: float, rho: float, p_mean: float, p_std: float
+                     ) -> tuple[Array, Array]:
+  """(sigma_i, sigma_{i+1}) per row: i from iCT's discrete log-normal, p(i) proportional to
+  erf((log sigma_{i+1} - p_mean) / (sqrt 2 p_std)) - erf((log sigma_i - p_mean) / (sqrt 2 p_std))
+  over i = 0 .. N - 2."""
+  sigmas = karras_sigmas(num, max_num, sigma_min, sigma_max, rho)
+  cdf = jax.scipy.special.erf((jnp.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
+  mass = cdf[1:] - cdf[:-1]
+  valid = jnp.arange(max_num - 1) < num - 1
+  logits = jnp.where(valid & (mass > 0), jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
+  i = jax.random.categorical(key, logits, shape=(n,))
+  return sigmas[i], sigmas[i + 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimeDistribution:
+  """Which (s, t) a batch trains on (`docs/method.md` §4, §8 (d)); static under jit.
+
+  - triangle: the paper's; t ~ U[0, 1] on the diagonal, (s, t) uniform on s <= t (annealed gap).
+  - logit_normal: MeanFlow's; two draws of sigmoid(N(mean, std^2)) sorted into s <= t, the
+    diagonal rows at the smaller draw of their own pair (MeanFlow's r = t rows, translated to this
+    time direction: `mean` here is minus MeanFlow's).
+  - dyadic: shortcut models'; t - s = 2^-k on the grid of its multiples, k < `levels`.
+  - fixed_end: consistency models' single-time map, t = 1; s from a log-normal noise level
+    sigma = exp(N(noise_mean, noise_std^2)) mapped through the interpolant's noise-to-signal
+    ratio alpha_s sigma0 / beta_s = sigma (sCM's proposal).
+  - ict_grid: iCT; t = 1, the student at s(sigma_{i+1}), the target at s(sigma_i), adjacent
+    levels of the Karras grid whose size follows iCT's curriculum over `total_steps`.
+  """
+
+  name: str = "triangle"
+  psd_h: str = "uniform"
+  logit_normal_mean: float = 0.4
+  logit_normal_std: float = 1.0
+  dyadic_levels: int = 7
+  noise_mean: float = -1.0
+  noise_std: float = 1.4
+  ict_s0: int = 10
+  ict_s1: int = 1280
+  sigma_min: float = 0.002
+  sigma_max: float = 80.0
+  rho: float = 7.0
+  total_steps: int = 1
+
+  def __post_init__(self):
+    if self.name not in TIME_DISTRIBUTIONS:
+      raise ValueError(f"objective.times: unknown value {self.name!r}; allowed: "
+                       f"{', '.join(map(repr, TIME_DISTRIBUTIONS))}")
+    if self.psd_h not in ("uniform", "midpoint"):
+      raise ValueError(f"objective.psd_h: must be 'uniform' or 'midpoint', got {self.psd_h!r}")
+
+  @property
+  def single_time(self) -> bool:
+    """True where the map is trained to t = 1 only (consistency models)."""
+    return self.name in ("fixed_end", "ict_grid")
+
+  def diagonal(self, key: Array, n: int, dtype=jnp.float32) -> Array:
+    if self.name == "logit_normal":
+      draws = sample_logit_normal(key, (2, n), self.logit_normal_mean, self.logit_normal_std,
+                                  dtype)
+      return jnp.min(draws, axis=0)
+    return sample_diagonal_times(key, n, dtype)
+
+  def off_diagonal(self, key: Array, n: int, interpolant, *, gap: Array = 1.0,
+                   step: Array = 0, dtype=jnp.float32) -> OffDiagonalTimes:
+    key_st, key_h = jax.random.split(key)
+    h = sample_h(key_h, n, self.psd_h, dtype)
+    ones = jnp.ones((n,), dtype)
+    if self.name == "triangle":
+      s, t = sample_triangle(key_st, n, gap, dtype)
+    elif self.name == "logit_normal":
+      draws = sample_logit_normal(key_st, (2, n), self.logit_normal_mean, self.logit_normal_std,
+                                  dtype)
+      s, t = jnp.min(draws, axis=0), jnp.max(draws, axis=0)
+    elif self.name == "dyadic":
+      s, t = sample_dyadic(key_st, n, self.dyadic_levels, dtype)
+    elif self.name == "fixed_end":
+      sigma = jnp.exp(self.noise_mean + self.noise_std * jax.random.normal(key_st, (n,), dtype))
+      s, t = interpolant.time_of_noise_ratio(sigma), ones
+    else:  # ict_grid
+      num = ict_num_scales(step, self.total_steps, self.ict_s0, self.ict_s1)
+      sigma_lo, sigma_hi = sample_ict_pairs(key_st, n, num, self.ict_s1 + 1, self.sigma_min,
+                                            self.sigma_max, self.rho, -1.1, 2.0)
+      sigma_lo, sigma_hi = sigma_lo.astype(dtype), sigma_hi.astype(dtype)
+      return OffDiagonalTimes(s=interpolant.time_of_noise_ratio(sigma_hi), t=ones, h=h,
+                              weight=1.0 / (sigma_hi - sigma_lo),
+                              s_target=interpolant.time_of_noise_ratio(sigma_lo))
+    return OffDiagonalTimes(s=s, t=t, h=h)

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from flow_maps import checkpoints as ckpt_lib
 from flow_maps import data as data_lib
 from flow_maps import interpolants, networks, objectives, optim, times, validation
+from flow_maps import pretrained as pretrained_lib
 from flow_maps.flow_map import FlowMapModel
 
 # XLA on CPU with several fake devices deadlocks when more than ~32 steps are queued without a
@@ -95,9 +96,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
       host_init=network.host_init,
       optimizer=optim.make_optimizer(opt_config),
       schedule=optim.learning_rate_schedule(opt_config),
-      objective=objectives.Objective(
-          name=config.objective.name, stop_gradient=config.objective.stop_gradient,
-          diagonal_fraction=config.objective.diagonal_fraction, psd_h=config.objective.psd_h),
+      objective=objectives.from_config(config.objective, config.train.num_steps),
       interpolant=interpolants.get_interpolant(config.interpolant.name,
                                                config.interpolant.sigma0),
       data_shape=shape,
@@ -143,11 +142,16 @@ def parameter_count(params: Any) -> int:
 # --------------------------------------------------------------------------- the step
 
 
-def make_train_step(exp: Experiment, toy_dataset: Any = None
+def make_train_step(exp: Experiment, toy_dataset: Any = None,
+                    pretrained: Optional[pretrained_lib.Pretrained] = None,
+                    loss_fn: Callable[..., tuple[jax.Array, dict]] = objectives.loss
                     ) -> Callable[[TrainState, Optional[jax.Array]], tuple[TrainState, dict]]:
   """The jitted step `(state, batch) -> (state, metrics)`.
 
   With a toy dataset the batch is drawn inside the step from the step's key (pass None).
+  `pretrained` is the frozen teacher of objective.velocity = 'pretrained'; its parameters are an
+  argument of the compiled step, never a constant folded into it. `loss_fn` has the signature of
+  `objectives.loss` (the benchmark passes its reference there).
   A step whose loss or gradient is not finite leaves the state as it was (step included); the
   loop sees the metrics and stops.
   """
@@ -158,7 +162,7 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None
   anneal_steps = config.objective.anneal_steps
   decays = exp.ema_decays
 
-  def step_fn(state: TrainState, x1: Optional[jax.Array]):
+  def step_fn(state: TrainState, x1: Optional[jax.Array], frozen: Any):
     key = jax.random.fold_in(state.rng, state.step)
     key_data, key_loss = jax.random.split(key)
     if toy_dataset is not None:
@@ -167,12 +171,14 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None
     teacher_params = None if teacher == "online" else exp.select_params(state, teacher)
     gap = times.max_gap(state.step, anneal_start, anneal_steps)
 
-    def loss_fn(params):
-      return objectives.loss(exp.model, params, x1, key_loss, objective=exp.objective,
-                             interpolant=exp.interpolant, teacher_params=teacher_params,
-                             gap=gap, train=True)
+    frozen_field = None if pretrained is None else pretrained.model.bind(frozen)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def batch_loss(params):
+      return loss_fn(exp.model, params, x1, key_loss, objective=exp.objective,
+                     interpolant=exp.interpolant, teacher_params=teacher_params,
+                     pretrained=frozen_field, gap=gap, step=state.step, train=True)
+
+    (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if exp.project is not None:
@@ -190,9 +196,16 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None
 
   level = config.train.get("xla_optimization_level")
   options = None if level is None else {"xla_backend_optimization_level": level}
-  return jax.jit(step_fn, in_shardings=(exp.replicated, exp.batch_sharding),
-                 out_shardings=(exp.replicated, exp.replicated), donate_argnums=0,
-                 compiler_options=options)
+  jitted = jax.jit(step_fn, in_shardings=(exp.replicated, exp.batch_sharding, exp.replicated),
+                   out_shardings=(exp.replicated, exp.replicated), donate_argnums=0,
+                   compiler_options=options)
+  frozen = None if pretrained is None else jax.device_put(pretrained.params, exp.replicated)
+
+  def step(state: TrainState, x1: Optional[jax.Array]):
+    return jitted(state, x1, frozen)
+
+  step.jitted, step.frozen = jitted, frozen  # for cost analysis (`experiments/benchmark.py`)
+  return step
 
 
 # --------------------------------------------------------------------------- the loop
@@ -257,7 +270,8 @@ def _format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-def write_run_files(exp: Experiment, workdir: str, state: TrainState) -> None:
+def write_run_files(exp: Experiment, workdir: str, state: TrainState,
+                    pretrained: Optional[pretrained_lib.Pretrained] = None) -> None:
   """The resolved config and what was derived from it, written at start."""
   if jax.process_index() != 0:
     return
@@ -278,6 +292,8 @@ def write_run_files(exp: Experiment, workdir: str, state: TrainState) -> None:
       "data_shape": list(exp.data_shape),
       "parameters": parameter_count(state.params),
   }
+  if pretrained is not None:
+    info["pretrained"] = pretrained.info
   with open(os.path.join(workdir, "run_info.json"), "w") as f:
     json.dump(info, f, indent=2)
 
@@ -320,15 +336,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
   tc = config.train
   toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
   images = None if toy is not None else data_lib.image_dataset(config, "train")
+  frozen = (pretrained_lib.load(config, exp.data_shape)
+            if config.objective.velocity == "pretrained" else None)  # before anything compiles
   manager = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints)
   state = restore_or_init(exp, manager)
   start = int(state.step)
-  write_run_files(exp, workdir, state)
+  write_run_files(exp, workdir, state, frozen)
   if jax.process_index() == 0:
     print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
           f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
           f"{parameter_count(state.params):,} parameters", flush=True)
-  step_fn = make_train_step(exp, toy)
+  step_fn = make_train_step(exp, toy, frozen)
   log = _MetricsLog(workdir, start)
   sync_every = min(SYNC_EVERY, tc.log_every)
   pending: list[tuple[int, dict]] = []

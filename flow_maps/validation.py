@@ -8,7 +8,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from flow_maps import data as data_lib
-from flow_maps import interpolants, networks, objectives, optim
+from flow_maps import interpolants, networks, objectives, optim, sampling, times
 
 
 class ConfigError(ValueError):
@@ -75,19 +75,50 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "interpolant.sigma0", low=0, low_open=True)
   _choice(config, "model.name", networks.NETWORKS)
 
-  _choice(config, "objective.name", objectives.OBJECTIVES)
+  _choice(config, "objective.residual", objectives.RESIDUALS)
+  _choice(config, "objective.velocity", objectives.VELOCITIES)
   _choice(config, "objective.stop_gradient", objectives.STOP_GRADIENTS)
+  _choice(config, "objective.times", times.TIME_DISTRIBUTIONS)
+  _choice(config, "objective.weighting", objectives.WEIGHTINGS)
+  _choice(config, "objective.distance", objectives.DISTANCES)
   _choice(config, "objective.psd_h", ("uniform", "midpoint"))
   _number(config, "objective.diagonal_fraction", low=0.0, high=1.0)
-  try:  # the objective checks its own fields, with messages that name them
-    layout = objectives.Objective(
-        name=config.objective.name, stop_gradient=config.objective.stop_gradient,
-        diagonal_fraction=config.objective.diagonal_fraction,
-        psd_h=config.objective.psd_h).layout
+  for field in ("logit_normal_std", "noise_std", "sigma_min", "rho", "adaptive_c"):
+    _number(config, f"objective.{field}", low=0, low_open=True)
+  for field in ("logit_normal_mean", "noise_mean"):
+    _number(config, f"objective.{field}")
+  _number(config, "objective.sigma_max", low=config.objective.sigma_min, low_open=True)
+  _number(config, "objective.adaptive_p", low=0)
+  _number(config, "objective.dyadic_levels", low=1, high=30, integer=True)
+  _number(config, "objective.ict_s0", low=1, integer=True)
+  _number(config, "objective.ict_s1", low=config.objective.ict_s0, high=100_000, integer=True)
+  _number(config, "objective.tangent_normalization", low=0.0)
+  _number(config, "objective.tangent_warmup_steps", low=0, integer=True)
+  if config.objective.pseudo_huber_c is not None:
+    _number(config, "objective.pseudo_huber_c", low=0, low_open=True)
+  try:  # the objective checks its own combinations, with messages that name the field
+    objective = objectives.from_config(config.objective)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  layout = objective.layout
   _number(config, "objective.anneal_start", low=0, integer=True)
   _number(config, "objective.anneal_steps", low=0, integer=True)
+  if config.objective.anneal_steps and config.objective.times != "triangle":
+    _fail("objective.anneal_steps", "gap annealing applies to times='triangle' only, got "
+          f"times={config.objective.times!r}")
+  pretrained = _require(config, "objective.pretrained")
+  if not isinstance(pretrained, str):
+    _fail("objective.pretrained", f"must be a workdir path (str), got {pretrained!r}")
+  if (config.objective.velocity == "pretrained") != bool(pretrained):
+    _fail("objective.pretrained",
+          "velocity='pretrained' needs a finished run's workdir here "
+          "(--config.objective.pretrained=DIR)" if not pretrained else
+          f"set to {pretrained!r} but objective.velocity is {config.objective.velocity!r}, "
+          "which does not use it")
+  _choice(config, "eval.sampler", sampling.SAMPLERS)
+  if objective.times.single_time and config.eval.sampler != "consistency":
+    _fail("eval.sampler", f"times={config.objective.times!r} trains the single-time map X_(s,1) "
+          "only, so it samples with 'consistency', got " + repr(config.eval.sampler))
 
   _choice(config, "optim.name", optim.OPTIMIZERS)
   _number(config, "optim.learning_rate", low=0, low_open=True)

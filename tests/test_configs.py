@@ -22,6 +22,13 @@ def load(path: str, variant: str | None = None):
   return module.get_config(variant)
 
 
+def test_there_is_a_checkerboard_config_for_every_preset():
+  names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
+  assert {f"checkerboard_{p}" for p in config_defaults.PRESETS} <= names
+  for preset in ("meanflow", "shortcut", "consistency_training"):
+    assert f"cifar10_{preset}" in names
+
+
 def test_there_are_configs_for_every_published_image_objective():
   names = {os.path.basename(p)[:-3] for p in CONFIG_FILES}
   for dataset in ("cifar10", "celeba"):
@@ -34,11 +41,18 @@ def test_there_are_configs_for_every_published_image_objective():
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.basename(p)[:-3])
 def test_every_config_and_variant_validates(path, variant):
   config = load(path, variant)
+  if config.objective.velocity == "pretrained":  # distillation: the teacher run is the user's
+    with pytest.raises(validation.ConfigError, match="objective.pretrained: velocity='pretrained' "
+                       "needs a finished run's workdir"):
+      validation.validate(config)
+    config.objective.pretrained = "/runs/teacher"  # validation does not read it; loading does
   validation.validate(config)
   name = os.path.basename(path)[:-3]
-  objective, = [o for o in config_defaults.PUBLISHED_OBJECTIVES if name.endswith("_" + o)]
-  for field, value in config_defaults.PUBLISHED_OBJECTIVES[objective].items():
-    assert config.objective[field] == value, (path, field)
+  presets = [o for o in config_defaults.PRESETS if name.endswith("_" + o)]
+  preset = max(presets, key=len)  # consistency_training_discrete ends with neither other name
+  for field, value in config_defaults.PRESETS[preset].items():
+    section, key = field.split(".") if "." in field else ("objective", field)
+    assert config[section][key] == value, (path, field)
 
 def test_unknown_variant_names_the_allowed_ones():
   with pytest.raises(ValueError, match="unknown config variant 'tiny'.*demo"):
@@ -50,7 +64,7 @@ def test_unknown_variant_names_the_allowed_ones():
 def test_image_configs_carry_the_published_settings(name, preset, objective):
   config = load(os.path.join(ROOT, "configs", f"{name}_{objective}.py"))
   assert config.model.name == "unet" and config.model.preset == preset
-  assert config.model.learn_weight
+  assert config.objective.weighting == "learned"
   assert config.interpolant.sigma0 == 0.5
   assert (config.optim.name, config.optim.learning_rate, config.optim.clip_norm) == \
       ("radam", 1e-2, 1.0)

@@ -41,7 +41,7 @@ def cli(workdir, *overrides, devices=1, mode="train", env=None):
 
 
 def smoke_config():
-  config = config_defaults.with_objective(config_defaults.mnist5k("smoke"), "lsd")
+  config = config_defaults.with_preset(config_defaults.mnist5k("smoke"), "lsd")
   config.train.batch_size = 16
   return config
 
@@ -187,7 +187,7 @@ def test_eval_mode_writes_fid_per_step_count(one_device_run, inception_weights, 
 
 
 def test_floor_of_a_set_smaller_than_the_sample_count_uses_the_whole_set(tmp_path):
-  config = config_defaults.with_objective(config_defaults.digits(), "lsd")  # 1,797 images
+  config = config_defaults.with_preset(config_defaults.digits(), "lsd")  # 1,797 images
   assert config.eval.num_samples > 1797
   rows = lambda x: np.asarray(x)[..., 0].mean(axis=2)
   stats = image_eval.reference_stats(config, features=rows)

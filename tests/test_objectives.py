@@ -10,6 +10,7 @@ import pytest
 from flow_maps import flow_map as fm
 from flow_maps import interpolants
 from flow_maps import objectives as obj
+from flow_maps import times
 from flow_maps.evaluation.gaussian import GaussianFlow
 
 NAMES = ("linear", "trigonometric")
@@ -278,8 +279,9 @@ def _data(gf, n, seed):
   return _pairs(gf, n, seed)[1]
 
 
-EXACT_NETWORK_OBJECTIVES = {"lsd": obj.Objective("lsd"), "esd": obj.Objective("esd", "full"),
-                            "psd-u": obj.Objective("psd", psd_h="uniform")}
+EXACT_NETWORK_OBJECTIVES = {"lsd": obj.Objective("lagrangian"),
+                            "esd": obj.Objective("eulerian", stop_gradient="full"),
+                            "psd-u": obj.Objective("progressive")}
 
 
 def test_loss_of_exact_network(make_gaussian_flow, x64):
@@ -297,7 +299,7 @@ def test_loss_of_exact_network(make_gaussian_flow, x64):
             for label, objective in EXACT_NETWORK_OBJECTIVES.items()}
 
   for label, (loss, metrics) in losses({"offset": jnp.zeros(())}, jax.random.key(0)).items():
-    off_diagonal = EXACT_NETWORK_OBJECTIVES[label].name
+    off_diagonal = EXACT_NETWORK_OBJECTIVES[label].residual
     assert set(metrics) == {"diagonal", off_diagonal, "loss"}
     assert metrics[off_diagonal] < 1e-22, label
     assert metrics["diagonal"] > 0.05
@@ -312,7 +314,7 @@ def test_loss_draws_noise_with_sigma0(make_gaussian_flow, x64):
   gf = make_gaussian_flow("linear", SIGMA0)
   x1 = _data(gf, 20_000, 11)
   model = fm.FlowMapModel(ZeroNetwork())
-  objective = obj.Objective("flow_matching", diagonal_fraction=1.0)
+  objective = obj.Objective("diagonal", diagonal_fraction=1.0)
 
   @jax.jit
   def diagonal_terms(params, key):
@@ -338,13 +340,16 @@ def test_learned_log_weight(make_mlp_model, make_gaussian_flow, x64):
   assert weighted_model.learns_weight and not plain_model.learns_weight
   plain_params = {k: p for k, p in params.items() if k != "weight_head"}
   x1 = _data(gf, 64, 12)
-  kwargs = dict(objective=obj.Objective("psd"), interpolant=gf.interpolant)
+  weighted_objective = obj.Objective("progressive", weighting="learned")
 
   @jax.jit
   def weighted_and_plain(params, key):
-    weighted_loss = lambda p: obj.loss(weighted_model, p, x1, key, **kwargs)
+    weighted_loss = lambda p: obj.loss(weighted_model, p, x1, key, objective=weighted_objective,
+                                       interpolant=gf.interpolant)
     (weighted, weighted_metrics), grad = jax.value_and_grad(weighted_loss, has_aux=True)(params)
-    plain, plain_metrics = obj.loss(plain_model, plain_params, x1, key, **kwargs)
+    plain, plain_metrics = obj.loss(plain_model, plain_params, x1, key,
+                                    objective=obj.Objective("progressive"),
+                                    interpolant=gf.interpolant)
     return weighted, weighted_metrics, grad, plain, plain_metrics
 
   s = jnp.linspace(0.0, 1.0, 5)
@@ -358,7 +363,7 @@ def test_learned_log_weight(make_mlp_model, make_gaussian_flow, x64):
         params, jax.random.key(2))
     assert plain > 0.01
     np.testing.assert_allclose(weighted, np.exp(-log_weight) * plain + log_weight, rtol=1e-12)
-    for k in ("diagonal", "psd"):
+    for k in ("diagonal", "progressive"):
       np.testing.assert_allclose(weighted_metrics[k], plain_metrics[k], rtol=1e-12)
     np.testing.assert_allclose(grad["weight_head"]["Dense_1"]["bias"][0],
                                1 - np.exp(-log_weight) * plain, rtol=1e-10)
@@ -377,12 +382,13 @@ def test_learned_log_weight_on_off_diagonal_rows(make_gaussian_flow, x64):
   @jax.jit
   def loss_at(w0, w1):
     params = {"offset": jnp.zeros(()), "w0": w0, "w1": w1, "w2": jnp.zeros(())}
-    return obj.loss(model, params, x1, jax.random.key(5), objective=obj.Objective("psd"),
+    return obj.loss(model, params, x1, jax.random.key(5),
+                    objective=obj.Objective("progressive", weighting="learned"),
                     interpolant=gf.interpolant)
 
   w0 = 0.3
   (loss0, metrics0), (loss1, _), (loss2, _) = [loss_at(w0, w1) for w1 in (0.0, 1.5, 3.0)]
-  assert metrics0["psd"] < 1e-22
+  assert metrics0["progressive"] < 1e-22
   np.testing.assert_allclose(loss0, 0.75 * (np.exp(-w0) * metrics0["diagonal"] + w0) + 0.25 * w0,
                              rtol=1e-12)
   np.testing.assert_allclose(loss2 - loss0, 2 * (loss1 - loss0), rtol=1e-10)
@@ -402,8 +408,8 @@ def test_learned_log_weight_is_applied_per_sample(make_gaussian_flow, x64):
   params = {"offset": jnp.zeros(()), "w0": jnp.zeros(()), "w1": jnp.zeros(()),
             "w2": jnp.full((), 3.0)}
   loss, _ = jax.jit(lambda p: obj.loss(
-      model, p, x1, jax.random.key(6), objective=obj.Objective("flow_matching",
-                                                                 diagonal_fraction=1.0),
+      model, p, x1, jax.random.key(6), objective=obj.Objective(
+          "diagonal", diagonal_fraction=1.0, weighting="learned"),
       interpolant=gf.interpolant))(params)
 
   lam = np.linalg.eigvalsh(np.asarray(gf.cov))
@@ -417,10 +423,11 @@ def test_learned_log_weight_is_applied_per_sample(make_gaussian_flow, x64):
 
 
 @pytest.mark.parametrize("objective,keys", [
-    (obj.Objective("flow_matching", diagonal_fraction=1.0), {"diagonal", "loss"}),
-    (obj.Objective("lsd"), {"diagonal", "lsd", "loss"}),
-    (obj.Objective("esd", "full", diagonal_fraction=0.5), {"diagonal", "esd", "loss"}),
-    (obj.Objective("psd", diagonal_fraction=0.0), {"psd", "loss"}),
+    (obj.Objective("diagonal", diagonal_fraction=1.0), {"diagonal", "loss"}),
+    (obj.Objective("lagrangian"), {"diagonal", "lagrangian", "loss"}),
+    (obj.Objective("eulerian", stop_gradient="full", diagonal_fraction=0.5),
+     {"diagonal", "eulerian", "loss"}),
+    (obj.Objective("progressive", diagonal_fraction=0.0), {"progressive", "loss"}),
 ], ids=("flow_matching", "lsd", "esd", "psd-off-diagonal-only"))
 def test_loss_metrics_and_row_weighting(objective, keys, make_mlp_model, make_gaussian_flow):
   """Metrics hold one mean residual per term and the loss; the loss is the mean over all rows,
@@ -436,7 +443,7 @@ def test_loss_metrics_and_row_weighting(objective, keys, make_mlp_model, make_ga
   assert loss.dtype == jnp.float32 and jnp.isfinite(loss)
   fraction = objective.diagonal_fraction
   expected = (fraction * metrics.get("diagonal", 0.0)
-              + (1 - fraction) * metrics.get(objective.name, 0.0))
+              + (1 - fraction) * metrics.get(objective.residual, 0.0))
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   np.testing.assert_allclose(metrics["loss"], loss, rtol=0)
 
@@ -454,7 +461,7 @@ def test_teacher_params_default_to_params(make_mlp_model, make_gaussian_flow, x6
   def values_and_grads(params, key):
     out = {}
     for placement in ("teacher", "none"):
-      kwargs = dict(objective=obj.Objective("psd", placement), interpolant=gf.interpolant)
+      kwargs = dict(objective=obj.Objective("progressive", stop_gradient=placement), interpolant=gf.interpolant)
       default = lambda p: obj.loss(model, p, x1, key, **kwargs)[0]
       fixed_teacher = lambda p: obj.loss(model, p, x1, key, teacher_params=params, **kwargs)[0]
       out[placement] = (jax.value_and_grad(default)(params),
@@ -472,17 +479,29 @@ def test_teacher_params_default_to_params(make_mlp_model, make_gaussian_flow, x6
 
 
 def test_objective_validation_names_the_field():
-  with pytest.raises(ValueError, match="objective.name"):
+  with pytest.raises(ValueError, match="objective.residual"):
     obj.Objective("consistency")
   with pytest.raises(ValueError, match="objective.stop_gradient"):
-    obj.Objective("lsd", stop_gradient="student")
+    obj.Objective("lagrangian", stop_gradient="student")
   with pytest.raises(ValueError, match="objective.psd_h"):
-    obj.Objective("psd", psd_h="random")
+    times.TimeDistribution(psd_h="random")
   with pytest.raises(ValueError, match="objective.diagonal_fraction"):
-    obj.Objective("flow_matching")  # diagonal only: the fraction must be 1.0
+    obj.Objective("diagonal")  # diagonal only: the fraction must be 1.0
   with pytest.raises(ValueError, match="diagonal fraction"):
-    obj.Objective("lsd", diagonal_fraction=0.123456789)
+    obj.Objective("lagrangian", diagonal_fraction=0.123456789)
   with pytest.raises(ValueError, match="diagonal fraction"):
-    obj.Objective("lsd", diagonal_fraction=1.5)
-  assert obj.Objective("flow_matching", diagonal_fraction=1.0).layout.fraction == 1.0
-  assert obj.Objective("lsd").layout == (4, 3)
+    obj.Objective("lagrangian", diagonal_fraction=1.5)
+  assert obj.Objective("diagonal", diagonal_fraction=1.0).layout.fraction == 1.0
+  assert obj.Objective("lagrangian").layout == (4, 3)
+  # Combinations a residual does not admit are named with what it does admit.
+  with pytest.raises(ValueError, match="objective.velocity: 'conditional' does not apply to the "
+                     "lagrangian residual"):
+    obj.Objective("lagrangian", velocity="conditional")
+  with pytest.raises(ValueError, match="objective.times: 'ict_grid' does not apply"):
+    obj.Objective("eulerian", times=times.TimeDistribution("ict_grid"))
+  with pytest.raises(ValueError, match="objective.stop_gradient: 'derivatives' does not apply"):
+    obj.Objective("progressive", stop_gradient="derivatives")
+  with pytest.raises(ValueError, match="tangent_normalization"):
+    obj.Objective("eulerian", stop_gradient="full", tangent_normalization=0.1)
+  with pytest.raises(ValueError, match="objective.times: unknown value"):
+    times.TimeDistribution("uniform")

@@ -131,13 +131,13 @@ def test_run_member_then_resume(tmp_path):
 def test_failed_member_records_exit_code(tmp_path):
   """A member whose run fails (here a config error, exit code 2) is recorded as failed."""
   sweep = sweeps.Sweep(config="configs/checkerboard_lsd.py", variant="smoke", mode="train",
-                       members=[{"objective.name": "lsdd"}])
+                       members=[{"objective.residual": "lsdd"}])
   member = sweep.expand()[0]
   code = sweeps.run_member(member, str(tmp_path), sweep.mode)
   assert code == 2
   status = json.loads(open(os.path.join(member.workdir(str(tmp_path)), "status.json")).read())
   assert status["state"] == "failed" and status["returncode"] == 2
-  assert "objective.name" in open(os.path.join(member.workdir(str(tmp_path)), "log.txt")).read()
+  assert "objective.residual" in open(os.path.join(member.workdir(str(tmp_path)), "log.txt")).read()
 
 
 # --- aggregation --------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def test_resume_after_clean_stop_is_bitwise_exact(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("objective.name", "lsdd", "objective.name: unknown value 'lsdd'"),
+    ("objective.residual", "lsdd", "objective.residual: unknown value 'lsdd'"),
     ("data.name", "imagenet", "data.name: unknown value 'imagenet'"),
     ("objective.diagonal_fraction", 1.5, "objective.diagonal_fraction: must be <= 1"),
     ("objective.diagonal_fraction", -0.1, "objective.diagonal_fraction: must be >= 0"),
@@ -139,8 +139,8 @@ def test_batch_not_divisible_by_devices():
 
 
 def test_cli_reports_a_bad_config_without_a_traceback(tmp_path):
-  r = cli(tmp_path, "--config.objective.name=lsdd")
+  r = cli(tmp_path, "--config.objective.residual=lsdd")
   assert r.returncode == 2
-  assert "config error: objective.name: unknown value 'lsdd'" in r.stderr
+  assert "config error: objective.residual: unknown value 'lsdd'" in r.stderr
   assert "Traceback" not in r.stderr
   assert not (tmp_path / "checkpoints").exists()

@@ -150,13 +150,13 @@ def test_objectives_give_finite_loss_and_gradients():
   params = _perturbed(unet.init_params(module, seed=0))
   x1 = jax.random.uniform(jax.random.key(2), (BATCH,) + SHAPE, minval=-1.0, maxval=1.0)
   interpolant = interpolants.linear(sigma0=0.5)
-  names = ("lsd", "esd", "psd")
+  names = ("lagrangian", "eulerian", "progressive")
 
   def losses(p, key):
     out = {}
     for name in names:
-      objective = objectives.Objective(name=name,
-                                       stop_gradient="full" if name == "esd" else "teacher")
+      objective = objectives.Objective(
+          name, stop_gradient="full" if name == "eulerian" else "teacher", weighting="learned")
       (value, _), grads = jax.value_and_grad(objectives.loss, argnums=1, has_aux=True)(
           model, p, x1, key, objective=objective, interpolant=interpolant)
       out[name] = (value, grads)
@@ -248,7 +248,8 @@ def test_preset_parameter_counts_match_the_paper(preset, resolution):
 def test_unet_from_config_resolves_preset_and_overrides():
   from flow_maps import config_defaults
   c = config_defaults.celeba64()
-  module = unet.unet_from_config(c.model, (64, 64, 3), c.interpolant.sigma0)
+  module = unet.unet_from_config(c.model, (64, 64, 3), c.interpolant.sigma0,
+                                 c.objective.weighting == "learned")
   assert module.model_channels == 128 and module.channel_mult == (1, 2, 3, 4)
   assert module.compute_dtype == jnp.bfloat16 and module.learn_weight and module.sigma0 == 0.5
   c = config_defaults.digits("smoke")

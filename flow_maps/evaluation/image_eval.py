@@ -31,14 +31,19 @@ def generate(v: fm.VelocityField, exp, *, steps: int, num_samples: int, batch_si
              key: jax.Array, ode: bool = False) -> Iterator[np.ndarray]:
   """Batches of N-step samples in [-1, 1], float32 [b, H, W, C]; the same noise for every N.
 
-  ode=False: the N-step flow map; True: N Heun steps on the model's velocity v_{t,t}.
+  ode=False: the N-step sampler of `eval.sampler` (the flow map, or consistency sampling with
+  its re-noising drawn from the batch's key); True: N Heun steps on the model's velocity v_{t,t}.
   """
-  sampler = sampling.sample_heun if ode else sampling.sample_flow_map
-  sample = jax.jit(lambda x0: jnp.clip(sampler(v, x0, steps), -1.0, 1.0))
+  if ode:
+    sampler = lambda v, x0, steps, key: sampling.sample_heun(v, x0, steps)
+  else:
+    sampler = sampling.map_sampler(exp.config.eval.sampler, exp.interpolant)
+  sample = jax.jit(lambda x0, k: jnp.clip(sampler(v, x0, steps, k), -1.0, 1.0))
   for start in range(0, num_samples, batch_size):
     n = min(batch_size, num_samples - start)
-    x0 = sampling.noise(jax.random.fold_in(key, start), n, exp.data_shape, exp.interpolant.sigma0)
-    yield np.asarray(sample(x0))
+    batch_key = jax.random.fold_in(key, start)
+    x0 = sampling.noise(batch_key, n, exp.data_shape, exp.interpolant.sigma0)
+    yield np.asarray(sample(x0, jax.random.fold_in(batch_key, 1)))
 
 
 def _rgb(images: np.ndarray) -> np.ndarray:

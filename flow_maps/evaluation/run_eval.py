@@ -65,20 +65,21 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
     result = toy2d_eval.evaluate(
         v, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
-        batch_size=config.eval.batch_size, bins=config.eval.kl_bins)
+        batch_size=config.eval.batch_size, bins=config.eval.kl_bins, sampler=config.eval.sampler)
     table = toy2d_eval.format_table(result)
     figure = toy2d_eval.figure_samples(v, dataset, exp.interpolant, key=_eval_key(config),
-                                       steps=tuple(config.eval.steps))
+                                       steps=tuple(config.eval.steps),
+                                       sampler=config.eval.sampler)
     if jax.process_index() == 0:
       toy2d_eval.plot_samples(figure, np.asarray(dataset.sample(_eval_key(config), 20_000)),
                               out + ".png", domain=dataset.domain,
-                              title=f"{config.objective.name}, step {step}, "
+                              title=f"{config.objective.residual}, step {step}, "
                                     f"{config.eval.params} weights")
   else:
     from flow_maps.evaluation import image_eval
     result = image_eval.evaluate(v, exp, config, key=_eval_key(config), workdir=workdir)
     table = image_eval.format_table(result)
-  result = {"step": step, "params": config.eval.params, "objective": config.objective.name,
+  result = {"step": step, "params": config.eval.params, "objective": config.objective.residual,
             **result}
   if jax.process_index() == 0:
     _write_json(out + ".json", result)
@@ -130,10 +131,11 @@ def sample(config, workdir: str) -> str:
   os.makedirs(out, exist_ok=True)
   if data_lib.is_toy(config):
     from flow_maps import sampling
+    sampler = sampling.map_sampler(config.eval.sampler, exp.interpolant)
     for n in config.sample.steps:
       noise = exp.interpolant.sigma0 * jax.random.normal(
           _eval_key(config), (config.sample.num_samples,) + exp.data_shape)
-      x = sampling.sample_flow_map(v, noise, n)
+      x = sampler(v, noise, n, jax.random.fold_in(_eval_key(config), 1))
       np.save(os.path.join(out, f"n{n}.npy"), np.asarray(x, np.float32))
   else:
     from flow_maps.evaluation import image_eval

@@ -34,22 +34,29 @@ Array = jax.Array
 PLOT_DOMAIN = ((-1.5, 1.5), (-1.5, 1.5))
 
 
-def _batched(fn, x: Array, batch_size: int) -> np.ndarray:
-  """fn over x in batches of batch_size, the last one padded so that fn compiles once."""
+def _batched(fn, x: Array, batch_size: int, key: Optional[Array] = None) -> np.ndarray:
+  """fn over x in batches of batch_size, the last one padded so that fn compiles once; with a
+  key, fn(chunk, key folded with the chunk's first row index)."""
   out = []
   for start in range(0, x.shape[0], batch_size):
     chunk = x[start:start + batch_size]
     size = chunk.shape[0]
     if size < batch_size and x.shape[0] > batch_size:
       chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
-    out.append(np.asarray(fn(chunk))[:size])
+    y = fn(chunk) if key is None else fn(chunk, jax.random.fold_in(key, start))
+    out.append(np.asarray(y)[:size])
   return np.concatenate(out)
 
 
-def map_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int) -> np.ndarray:
-  """The N-step flow-map samples of the noise x0 [n, 2]."""
-  fn = functools.partial(sampling.sample_flow_map, v, steps=steps)
-  return _batched(jax.jit(fn), x0, batch_size)
+def map_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
+                sampler: str = "flow_map", interpolant: Optional[Interpolant] = None,
+                key: Optional[Array] = None) -> np.ndarray:
+  """The N-step samples of the noise x0 [n, 2]: the flow map, or ('consistency') the
+  single-time map with re-noising drawn from `key` (`sampling.sample_consistency`)."""
+  fn = sampling.map_sampler(sampler, interpolant)
+  if sampler == "flow_map":
+    return _batched(jax.jit(lambda x: fn(v, x, steps)), x0, batch_size)
+  return _batched(jax.jit(lambda x, k: fn(v, x, steps, k)), x0, batch_size, key)
 
 
 def ode_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
@@ -74,7 +81,8 @@ def reference_samples(dataset: Toy2D, interpolant: Interpolant, x0: Array,
 def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
              steps=(1, 2, 4, 8, 16), ode_steps=(16, 64, 256), num_samples: int = 100_000,
              batch_size: int = 10_000, bins: int = kl_lib.DEFAULT_BINS,
-             flow_map_error_samples: int = 10_000, ode_sampler: str = "heun") -> dict:
+             flow_map_error_samples: int = 10_000, ode_sampler: str = "heun",
+             sampler: str = "flow_map") -> dict:
   """KL per step count, the noise floor, the error against the reference map, the ODE's KL.
 
   Returns a JSON-ready dict: {"kl": {"N": ...}, "kl_noise_floor": ..., "flow_map_error": {"N": ...},
@@ -83,6 +91,7 @@ def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, k
   the floor uses n exact samples drawn from the second half of `key`.
   """
   noise_key, floor_key = jax.random.split(key)
+  renoise_key = jax.random.fold_in(noise_key, 1)
   x0 = np.asarray(sampling.noise(noise_key, num_samples, (2,), interpolant.sigma0))
   m = min(flow_map_error_samples, num_samples)
   x_ref = reference_samples(dataset, interpolant, x0[:m], batch_size)
@@ -90,13 +99,13 @@ def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, k
 
   result = {"kl": {}, "flow_map_error": {}, "ode_kl": {}}
   for n_steps in steps:
-    x = map_samples(v, x0, n_steps, batch_size)
+    x = map_samples(v, x0, n_steps, batch_size, sampler, interpolant, renoise_key)
     result["kl"][str(n_steps)] = kl(x)
     result["flow_map_error"][str(n_steps)] = float(np.mean(np.sum((x[:m] - x_ref)**2, axis=-1)))
   for n_steps in ode_steps:
     result["ode_kl"][str(n_steps)] = kl(ode_samples(v, x0, n_steps, batch_size, ode_sampler))
   result["kl_noise_floor"] = kl_lib.kl_noise_floor(dataset, num_samples, floor_key, bins)
-  result.update(flow_map_error_samples=m, ode_sampler=ode_sampler, num_samples=num_samples,
+  result.update(flow_map_error_samples=m, ode_sampler=ode_sampler, sampler=sampler, num_samples=num_samples,
                 bins=bins, dataset=dataset.name)
   return result
 
@@ -119,11 +128,12 @@ def format_table(result: dict) -> str:
 
 def figure_samples(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
                    steps=(1, 2, 4, 8, 16), num_samples: int = 20_000,
-                   batch_size: int = 10_000) -> dict:
+                   batch_size: int = 10_000, sampler: str = "flow_map") -> dict:
   """{N: N-step samples [num_samples, 2]} from one draw of noise, for `plot_samples`."""
   del dataset  # the samples only need the noise scale; kept for a uniform call signature
   x0 = np.asarray(sampling.noise(key, num_samples, (2,), interpolant.sigma0))
-  return {n: map_samples(v, x0, n, batch_size) for n in steps}
+  renoise_key = jax.random.fold_in(key, 1)
+  return {n: map_samples(v, x0, n, batch_size, sampler, interpolant, renoise_key) for n in steps}
 
 
 def plot_samples(samples_by_N: dict, data: Array, path: str, *, domain: Optional[Domain] = None,

@@ -29,15 +29,16 @@ def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
   """The configured network for samples of `data_shape`."""
   model = config.model
   sigma0 = config.interpolant.sigma0
+  learn_weight = config.objective.weighting == "learned"  # the head exists only when it is used
   if model.name == "mlp":
     from flow_maps.networks import mlp
     out_dim = 1
     for d in data_shape:
       out_dim *= d
     return Network(mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
-                           learn_weight=model.learn_weight))
+                           learn_weight=learn_weight))
   if model.name == "unet":
     from flow_maps.networks import unet
-    module = unet.unet_from_config(model, data_shape, sigma0)
+    module = unet.unet_from_config(model, data_shape, sigma0, learn_weight)
     return Network(module, unet.normalize_weights, lambda seed: unet.init_params(module, seed))
   raise ValueError(f"model.name: unknown network {model.name!r}; allowed: {NETWORKS}")

@@ -419,11 +419,13 @@ def resolve_architecture(model_config: Any) -> dict[str, Any]:
   return arch
 
 
-def unet_from_config(model_config: Any, data_shape: Sequence[int], sigma0: float) -> UNet:
-  """The UNet of a config's `model` section for images of shape (H, W, C) (`config_defaults`).
+def unet_from_config(model_config: Any, data_shape: Sequence[int], sigma0: float,
+                     learn_weight: bool = False) -> UNet:
+  """The UNet of a config's `model` section for images of shape (H, W, C) (`config_defaults`),
+  with the log-weight head if `learn_weight` (objective.weighting = 'learned').
 
-  Reads model.preset, the optional overrides in `ARCHITECTURE_FIELDS`, model.compute_dtype
-  ("float32" | "bfloat16") and model.learn_weight.
+  Reads model.preset, the optional overrides in `ARCHITECTURE_FIELDS` and model.compute_dtype
+  ("float32" | "bfloat16").
   """
   h, w, c = data_shape
   if h != w:
@@ -433,7 +435,7 @@ def unet_from_config(model_config: Any, data_shape: Sequence[int], sigma0: float
     raise ValueError(f"model.compute_dtype: unknown dtype {dtype_name!r}; "
                      f"allowed: {sorted(COMPUTE_DTYPES)}")
   return UNet(img_resolution=h, img_channels=c, compute_dtype=COMPUTE_DTYPES[dtype_name],
-              sigma0=float(sigma0), learn_weight=bool(model_config.get("learn_weight", False)),
+              sigma0=float(sigma0), learn_weight=learn_weight,
               **resolve_architecture(model_config))
 
 
