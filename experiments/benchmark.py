@@ -23,7 +23,6 @@ recorded with them). Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -36,7 +35,6 @@ import statistics
 import sys
 import time
 from typing import Any, Callable, Optional
-from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -46,20 +44,17 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from flow_maps import config_defaults  # noqa: E402
 from flow_maps import data as data_lib  # noqa: E402
 from flow_maps import flow_map as fm  # noqa: E402
-from flow_maps import objectives, sampling, times, train  # noqa: E402
+from flow_maps import objectives, pretrained, sampling, times, train  # noqa: E402
 
 sg = jax.lax.stop_gradient
 
-# The objectives compared, each with its published stop-gradient placement.
-VARIANTS = {
-    "flow_matching": dict(name="flow_matching", diagonal_fraction=1.0, stop_gradient="teacher"),
-    "lsd": dict(name="lsd", diagonal_fraction=0.75, stop_gradient="teacher"),
-    "esd": dict(name="esd", diagonal_fraction=0.75, stop_gradient="full"),
-    "psd_m": dict(name="psd", diagonal_fraction=0.75, stop_gradient="teacher", psd_h="midpoint"),
-    "psd_u": dict(name="psd", diagonal_fraction=0.75, stop_gradient="teacher", psd_h="uniform"),
-}
+# The objectives compared: every named preset (`config_defaults.PRESETS`), each as published.
+VARIANTS = config_defaults.PRESETS
+# The per-sample vmap reference is written for the paper's four self-distillation objectives.
+VMAP_VARIANTS = ("flow_matching", "lsd", "esd", "psd_m", "psd_u")
 BASELINE = "flow_matching"
 DEFAULT_CONFIGS = {"mlp": "configs/checkerboard_lsd.py", "unet": "configs/digits_lsd.py"}
 
@@ -69,13 +64,14 @@ DEFAULT_CONFIGS = {"mlp": "configs/checkerboard_lsd.py", "unet": "configs/digits
 
 def vmap_loss(model: fm.FlowMapModel, params: Any, x1: jax.Array, key: jax.Array, *,
               objective: objectives.Objective, interpolant, teacher_params: Any = None,
-              gap: jax.Array = 1.0, train: bool = True):
+              pretrained: Any = None, gap: jax.Array = 1.0, step: Any = 0, train: bool = True):
   """The loss of `objectives.loss`, written per sample and `vmap`-ed: the reference.
 
   Same signature, same random draws (noise, times, rows) and the same value; each residual is a
   function of scalar s, t (and h) and one state x, the network called on a batch of one.
-  Published stop-gradient placements only; dropout draws one mask per sample.
+  Published stop-gradient placements of `VMAP_VARIANTS` only; dropout draws one mask per sample.
   """
+  del pretrained, step  # the paper's four objectives use neither
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
   batch = x1.shape[0]
   x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, x1.dtype)
@@ -121,7 +117,7 @@ def vmap_loss(model: fm.FlowMapModel, params: Any, x1: jax.Array, key: jax.Array
     return sq(v(s, t, x) - sg((1.0 - h) * v_su + h * v_ut))
 
   def weighted(R, s, t):
-    if not model.learns_weight:
+    if objective.weighting != "learned":
       return R
     w = model.log_weight(params, s, t)
     return jnp.exp(-w) * R + w
@@ -135,17 +131,17 @@ def vmap_loss(model: fm.FlowMapModel, params: Any, x1: jax.Array, key: jax.Array
   total = jnp.zeros((), jnp.float32)
   metrics = {}
   if n_diag:
-    t = times.sample_diagonal_times(key_diag, n_diag, x1.dtype)
+    t = objective.times.diagonal(key_diag, n_diag, x1.dtype)
     R = jax.vmap(diagonal)(t, x0_d, x1_d, k_d)
     total += jnp.sum(weighted(R, t, t))
     metrics["diagonal"] = jnp.mean(R)
   if n_off:
-    ts = times.sample_off_diagonal_times(key_off, n_off, gap, objective.psd_h, x1.dtype)
+    ts = objective.times.off_diagonal(key_off, n_off, interpolant, gap=gap, dtype=x1.dtype)
     Is = interpolant.interpolate(ts.s, x0_o, x1_o)
-    residual = {"lsd": lsd, "esd": esd, "psd": psd}[objective.name]
+    residual = {"lagrangian": lsd, "eulerian": esd, "progressive": psd}[objective.residual]
     R = jax.vmap(residual)(ts.s, ts.t, ts.h, Is, k_o)
     total += jnp.sum(weighted(R, ts.s, ts.t))
-    metrics[objective.name] = jnp.mean(R)
+    metrics[objective.residual] = jnp.mean(R)
   total = total / batch
   metrics["loss"] = total
   return total, metrics
@@ -173,21 +169,6 @@ def default_unet_config():
   return config_defaults.digits()
 
 
-def init_state(exp: train.Experiment) -> train.TrainState:
-  """The train state; UNet parameters drawn on the host (jitting the UNet's init compiles for a
-  long time on CPU, see `unet.init_params`)."""
-  if exp.config.model.name != "unet":
-    return train.init_state(exp)
-  from flow_maps.networks import unet
-  params = unet.init_params(exp.model.module, exp.config.seed)
-  key_run = jax.random.split(jax.random.PRNGKey(exp.config.seed))[1]
-  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=exp.optimizer.init(params),
-                           ema=tuple(jax.tree.map(jnp.array, params) for _ in exp.ema_decays),
-                           rng=key_run)  # copies: the step donates every buffer of the state
-  return jax.device_put(state, exp.replicated)
-
-
 @dataclasses.dataclass
 class Step:
   """One compiled train step and what XLA says about it."""
@@ -196,6 +177,7 @@ class Step:
   compiled: Any
   state: Any
   batch: Optional[jax.Array]
+  frozen: Any  # the pretrained teacher's parameters (distillation), else None
   compile_seconds: float
   flops: float
   transcendentals: float
@@ -207,7 +189,7 @@ class Step:
     """Seconds per step over n steps, the state carried from step to step."""
     start = time.perf_counter()
     for _ in range(n):
-      self.state, metrics = self.compiled(self.state, self.batch)
+      self.state, metrics = self.compiled(self.state, self.batch, self.frozen)
     jax.block_until_ready((self.state, metrics))
     return (time.perf_counter() - start) / n
 
@@ -242,16 +224,19 @@ def compile_step(label: str, config, batch_size: int,
   if toy is None:
     x = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + exp.data_shape)
     batch = jax.device_put(jnp.asarray(x, jnp.float32), exp.batch_sharding)
-  state = init_state(exp)
-  patch = (mock.patch.object(objectives, "loss", loss_fn) if loss_fn is not None
-           else contextlib.nullcontext())
-  with patch:  # the loss is looked up when the step is traced, i.e. inside `lower`
-    step = train.make_train_step(exp, toy)
-    start = time.perf_counter()  # tracing and lowering included: what a run waits for
-    compiled = step.lower(state, batch).compile()
-    seconds = time.perf_counter() - start
+  state = train.init_state(exp)
+  # Distillation presets: a frozen teacher of the same architecture (its cost, not its weights,
+  # is what is measured here).
+  frozen = (pretrained.Pretrained(exp.model, jax.device_get(state.params), {})
+            if config.objective.velocity == "pretrained" else None)
+  step = train.make_train_step(exp, toy, frozen, loss_fn=loss_fn or objectives.loss)
+  start = time.perf_counter()  # tracing and lowering included: what a run waits for
+  lowered = step.jitted.lower(state, batch, step.frozen)
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - start
   cost = _cost(compiled)
-  return Step(label=label, compiled=compiled, state=state, batch=batch, compile_seconds=seconds,
+  return Step(label=label, compiled=compiled, state=state, batch=batch, frozen=step.frozen,
+              compile_seconds=seconds,
               flops=float(cost.get("flops", float("nan"))),
               transcendentals=float(cost.get("transcendentals", float("nan"))),
               bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
@@ -273,7 +258,7 @@ def loss_agreement(config, batch_size: int) -> float:
   """max |ours - vmap| / |ours| of the loss at initialisation with one key: the reference
   computes the same thing."""
   exp = train.build_experiment(config)
-  state = init_state(exp)
+  state = train.init_state(exp)
   if data_lib.is_toy(config):
     x1 = data_lib.toy_dataset(config).sample(jax.random.PRNGKey(1), batch_size)
   else:
@@ -291,7 +276,7 @@ def loss_agreement(config, batch_size: int) -> float:
 
 def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: int) -> list:
   exp = train.build_experiment(config)
-  params = init_state(exp).params
+  params = train.init_state(exp).params
   x0 = exp.interpolant.sigma0 * jax.random.normal(jax.random.PRNGKey(0),
                                                   (batch_size,) + exp.data_shape)
   rows = []
@@ -314,11 +299,13 @@ def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: 
 # --------------------------------------------------------------------------- main
 
 
-def variant_config(base, overrides: dict, batch: Optional[int], width: Optional[int],
-                   depth: Optional[int]):
-  c = copy.deepcopy(base)
-  for k, v in overrides.items():
+def variant_config(base, preset: str, batch: Optional[int], width: Optional[int],
+                   depth: Optional[int], **objective_overrides):
+  c = config_defaults.with_preset(copy.deepcopy(base), preset)
+  for k, v in objective_overrides.items():
     c.objective[k] = v
+  if c.objective.velocity == "pretrained":
+    c.objective.pretrained = "(a frozen copy of the student's initial network)"
   if batch:
     c.train.batch_size = batch
   if c.model.name == "mlp":
@@ -426,7 +413,7 @@ def main(argv=None) -> int:
   names = [n for n in args.objectives.split(",") if n]
   if BASELINE not in names:
     names.insert(0, BASELINE)
-  configs = {k: variant_config(base, VARIANTS[k], batch, width, depth) for k in names}
+  configs = {k: variant_config(base, k, batch, width, depth) for k in names}
   network = (f"MLP {width} x {depth}" if base.model.name == "mlp" else
              f"UNet {base.model.get('preset')} ({base.data.name})")
   print(f"{network}, batch {batch}, {jax.devices()[0].platform}, load average {load_before}",
@@ -441,12 +428,12 @@ def main(argv=None) -> int:
       os.makedirs(args.dump_hlo, exist_ok=True)
       with open(os.path.join(args.dump_hlo, f"{k}.txt"), "w") as f:
         f.write(steps[k].compiled.as_text())
-    if not args.no_vmap:
+    if not args.no_vmap and k in VMAP_VARIANTS:
       steps["vmap/" + k] = compile_step("vmap/" + k, configs[k], batch, loss_fn=vmap_loss)
       print(f"compiled vmap/{k}: {steps['vmap/' + k].compile_seconds:.1f} s", flush=True)
   fwd = forward_flops(configs[BASELINE], batch)
   agreement = {} if args.no_vmap else {k: loss_agreement(configs[k], min(batch, 1024))
-                                       for k in names}
+                                       for k in names if k in VMAP_VARIANTS}
 
   rounds = ({k: [] for k in steps} if args.no_timing else
             time_steps(steps, args.repeats, args.steps_per_run, args.warmup))
@@ -454,7 +441,7 @@ def main(argv=None) -> int:
   table = {}
   for k in names:
     st = steps[k]
-    eta = VARIANTS[k]["diagonal_fraction"]
+    eta = configs[k].objective.diagonal_fraction
     off = None if eta == 1.0 else (st.flops - eta * fm_flops) / ((1 - eta) * fwd)
     row = dict(ms=_median_ms(rounds[k]), ratio=_median_ratio(rounds[k], rounds[BASELINE]),
                runs_ms=[1e3 * x for x in rounds[k]], compile_s=st.compile_seconds,

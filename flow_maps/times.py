@@ -181,8 +181,8 @@ def karras_sigmas(num: Array, max_num: int, sigma_min: float, sigma_max: float,
   """The first `num` of max_num slots hold the Karras grid sigma_i = (sigma_min^(1/rho) +
   i / (num - 1) (sigma_max^(1/rho) - sigma_min^(1/rho)))^rho, increasing; later slots repeat
   sigma_max."""
-  i = jnp.arange(max_num, dtype=jnp.float32)
-  frac = jnp.minimum(i / (num - 1).astype(jnp.float32), 1.0)
+  i = jnp.arange(max_num)
+  frac = jnp.minimum(i / (num - 1), 1.0)  # the default float dtype
   lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
   return (lo + frac * (hi - lo)) ** rho
 
@@ -194,12 +194,17 @@ def sample_ict_pairs(key: Array, n: int, num: Array, max_num: int, sigma_min: fl
   erf((log sigma_{i+1} - p_mean) / (sqrt 2 p_std)) - erf((log sigma_i - p_mean) / (sqrt 2 p_std))
   over i = 0 .. N - 2."""
   sigmas = karras_sigmas(num, max_num, sigma_min, sigma_max, rho)
+  i = jax.random.categorical(key, ict_pair_logits(sigmas, num, p_mean, p_std), shape=(n,))
+  return sigmas[i], sigmas[i + 1]
+
+
+def ict_pair_logits(sigmas: Array, num: Array, p_mean: float, p_std: float) -> Array:
+  """Log-probabilities of the pairs (sigma_i, sigma_{i+1}), i < max_num - 1, of the first `num`
+  grid levels under iCT's discrete log-normal; -inf past them."""
   cdf = jax.scipy.special.erf((jnp.log(sigmas) - p_mean) / (math.sqrt(2.0) * p_std))
   mass = cdf[1:] - cdf[:-1]
-  valid = jnp.arange(max_num - 1) < num - 1
-  logits = jnp.where(valid & (mass > 0), jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
-  i = jax.random.categorical(key, logits, shape=(n,))
-  return sigmas[i], sigmas[i + 1]
+  valid = jnp.arange(sigmas.shape[0] - 1) < num - 1
+  return jnp.where(valid & (mass > 0), jnp.log(jnp.maximum(mass, 1e-30)), -jnp.inf)
 
 
 @dataclasses.dataclass(frozen=True)

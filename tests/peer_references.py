@@ -237,8 +237,8 @@ def ict_loss(net, net_teacher, x1, z, sigma_i, sigma_ip1, *, sigma0, c):
   student at our s' = sigma0 / (sigma0 + sigma_{i+1}) < teacher's s = sigma0/(sigma0 + sigma_i).
   (Same placement as openai/consistency_models_cifar10 jcm/losses.py: there the grid is
   decreasing, the online model is at t = sigma[idx], the sg target at t2 = sigma[idx + 1] < t.)
-  docs/method.md §8 writes |X_{s',1}(I_{s'}) - sg X_{s,1}(I_s)|^2 with s < s', the student at
-  the LESS noisy level: the reverse of iCT (and of CM), which is what this function does.
+  (The shared spec of this project wrote the residual with the student at the less noisy level,
+  the reverse of iCT and CM; this function follows iCT.)
   """
   f_student = ict_consistency_function(net, x1 + sigma_ip1 * z, sigma_ip1, sigma0=sigma0)
   f_teacher = sg(ict_consistency_function(net_teacher, x1 + sigma_i * z, sigma_i,
