@@ -311,3 +311,91 @@ def test_distillation_diagonal_matches_the_pretrained_velocity(setup):
   g = jax.grad(lambda p: jnp.mean(obj.diagonal_residual(model.bind(params), t, x0, x1, ip,
                                                         model.bind(p))))(teacher)
   assert max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(g)) == 0.0
+
+
+# --- the closed-form Gaussian flow (`docs/method.md` §7) ------------------------------------------
+
+SELF_OR_PRETRAINED = ("lsd", "esd", "psd_m", "psd_u", "shortcut", "lmd", "emd", "pmd",
+                      "consistency_distillation")
+
+
+@pytest.mark.parametrize("interpolant_name", ("linear", "trigonometric"))
+@pytest.mark.parametrize("preset", SELF_OR_PRETRAINED)
+def test_self_and_pretrained_residuals_vanish_at_the_exact_map(preset, interpolant_name,
+                                                               make_gaussian_flow, x64):
+  """With the exact v as the network (and as the pretrained teacher), every self-driven or
+  pretrained-driven preset's residual is zero to round-off, under its own placement and with
+  'derivatives' where it applies; a map scaled by 1.05 is not."""
+  gf = make_gaussian_flow(interpolant_name, 0.7)
+  rng = np.random.default_rng(4)
+  n = 64
+  u = rng.uniform(size=(2, n))
+  s, t = np.minimum(u.min(0), 0.9), np.maximum(u.max(0), u.min(0) + 0.05)
+  overrides = {"pretrained": "/teacher"} if preset in ("lmd", "emd", "pmd",
+                                                       "consistency_distillation") else {}
+  objective = preset_objective(preset, **overrides)
+  if objective.times.single_time:
+    t = np.ones(n)
+  times = _times(jnp.asarray(s), jnp.asarray(t), jnp.asarray(rng.uniform(size=n)))
+  rngd = np.random.default_rng(5)
+  x0 = jnp.asarray(0.7 * rngd.normal(size=(n, 3)))
+  x1 = gf.mean + jnp.asarray(rngd.normal(size=(n, 3))) @ jnp.linalg.cholesky(gf.cov).T
+  placements = [objective.stop_gradient]
+  if objective.residual in ("lagrangian", "eulerian") and "derivatives" not in placements:
+    placements.append("derivatives")
+  pretrained = gf.v if objective.velocity == "pretrained" else None
+  for placement in placements:
+    o = obj.Objective(**{**objective.__dict__, "stop_gradient": placement})
+    for scale, small in ((1.0, True), (1.05, False)):
+      v = lambda s_, t_, x_, scale=scale: scale * gf.v(s_, t_, x_)
+      R = o.off_diagonal_residual(v, v, pretrained if pretrained is not None else v, times,
+                                  x0, x1, gf.interpolant)
+      if small:
+        assert float(jnp.max(R)) < 1e-20, (preset, placement)
+      else:
+        assert float(jnp.mean(R)) > 1e-6, (preset, placement)
+
+
+def _posterior_data(gf, s, x, m, rng):
+  """m draws of (x0, x1) given I_s = x for Gaussian data: x1 | I_s = x is Gaussian with mean
+  mu + beta Sigma C^-1 (x - beta mu) and covariance Sigma - beta^2 Sigma C^-1 Sigma,
+  C = alpha^2 sigma0^2 I + beta^2 Sigma; then x0 = (x - beta x1) / alpha."""
+  ip = gf.interpolant
+  a, b = float(ip.alpha(jnp.asarray(s))), float(ip.beta(jnp.asarray(s)))
+  mu, cov = np.asarray(gf.mean), np.asarray(gf.cov)
+  C = a**2 * ip.sigma0**2 * np.eye(len(mu)) + b**2 * cov
+  gain = b * cov @ np.linalg.inv(C)
+  mean = mu + gain @ (x - b * mu)
+  post = cov - b * gain @ cov
+  x1 = mean + rng.normal(size=(m, len(mu))) @ np.linalg.cholesky(0.5 * (post + post.T)).T
+  return jnp.asarray((x - b * x1) / a), jnp.asarray(x1)
+
+
+@pytest.mark.parametrize("preset", ("meanflow", "consistency_training"))
+def test_conditional_targets_average_to_the_exact_map(preset, make_gaussian_flow, x64):
+  """For the conditional-velocity presets the target T = dI_s + (t - s)(d/ds v + grad_x v . dI_s)
+  is random given I_s = x; its conditional mean (Monte Carlo over x1 | I_s = x, closed form)
+  equals v_{s,t}(x) at the exact map within 5 standard errors, and a map scaled by 1.25 is more
+  than 10 standard errors off."""
+  objective = preset_objective(preset)
+  gf = make_gaussian_flow("trigonometric" if preset == "consistency_training" else "linear", 0.7)
+  rng = np.random.default_rng(6)
+  m = 50_000
+  for s, t in ((0.2, 0.7), (0.5, 1.0), (0.8, 1.0)):
+    if objective.times.single_time:
+      t = 1.0
+    x = np.asarray(gf.mean) + rng.normal(size=3)
+    x0, x1 = _posterior_data(gf, s, x, m, rng)
+    ss, tt = jnp.full((m,), s), jnp.full((m,), t)
+    xs = jnp.broadcast_to(jnp.asarray(x), (m, 3))
+    np.testing.assert_allclose(gf.interpolant.interpolate(ss, x0, x1), xs, atol=1e-10)
+    b = gf.interpolant.time_derivative(ss, x0, x1)
+    for scale, exact in ((1.0, True), (1.25, False)):
+      v = lambda s_, t_, x_, scale=scale: scale * gf.v(s_, t_, x_)
+      v_st, transport = fm.velocity_and_transport(v, ss, tt, xs, b)
+      T = np.asarray(b + (tt - ss)[:, None] * transport)
+      z = (T.mean(0) - np.asarray(v_st[0])) / (T.std(0) / np.sqrt(m))
+      if exact:
+        assert np.max(np.abs(z)) < 5, (s, t, z)
+      else:
+        assert np.max(np.abs(z)) > 10, (s, t, z)
