@@ -1,0 +1,44 @@
+"""Every preset of the objective table on the checkerboard at one CPU budget, 3 seeds each
+(`docs/presets.md`): the paper's four objectives, flow matching, the direct-training presets and
+the distillation presets, on one backbone, one data pipeline and one evaluation.
+
+The budget is the demo variant (MLP 4 x 256, batch 1024, RAdam 2e-3, EMA 0.999) cut to 4,000
+steps (constant learning rate for 2,000, then lr0 / sqrt(step / 2,000)); sCM's tangent warm-up is
+scaled with it (1,000 steps instead of 10,000). The distillation presets need a teacher: a
+flow-matching run at the same budget, trained once, named by the argument:
+
+  python -m flow_maps.main --config=configs/checkerboard_flow_matching.py:demo \\
+      --workdir=runs/presets_teacher --config.train.num_steps=4000 \\
+      --config.optim.decay_start=2000 --config.train.checkpoint_every=4000 --mode=train_and_eval
+  python experiments/sweep.py experiments/sweeps/checkerboard_presets.py:runs/presets_teacher \\
+      --root=runs/presets run-all
+
+Without an argument the distillation presets are left out.
+"""
+
+import os
+
+from flow_maps import sweeps
+
+SELF_AND_DIRECT = ("flow_matching", "lsd", "esd", "psd_m", "psd_u", "meanflow", "shortcut",
+                   "consistency_training", "consistency_training_discrete")
+DISTILLATION = ("lmd", "emd", "pmd", "consistency_distillation")
+SEEDS = (0, 1, 2)
+BUDGET = {"train.num_steps": 4000, "optim.decay_start": 2000, "train.checkpoint_every": 4000,
+          "eval.ode_steps": (16,)}
+# Per-preset changes that the budget forces (the preset's own value is for 10k+ step runs).
+SCALED = {"consistency_training": {"objective.tangent_warmup_steps": 1000}}
+
+
+def get_sweep(arg=None):
+  presets = SELF_AND_DIRECT + (DISTILLATION if arg else ())
+  members = []
+  for preset in presets:
+    for seed in SEEDS:
+      member = {"config": f"configs/checkerboard_{preset}.py", "seed": seed,
+                **SCALED.get(preset, {})}
+      if preset in DISTILLATION:
+        member["objective.pretrained"] = os.path.abspath(arg)
+      members.append(member)
+  return sweeps.Sweep(config="configs/checkerboard_lsd.py", variant="demo", members=members,
+                      overrides=BUDGET, mode="train_and_eval", name="checkerboard_presets")
