@@ -194,7 +194,11 @@ def sample_ict_pairs(key: Array, n: int, num: Array, max_num: int, sigma_min: fl
   erf((log sigma_{i+1} - p_mean) / (sqrt 2 p_std)) - erf((log sigma_i - p_mean) / (sqrt 2 p_std))
   over i = 0 .. N - 2."""
   sigmas = karras_sigmas(num, max_num, sigma_min, sigma_max, rho)
-  i = jax.random.categorical(key, ict_pair_logits(sigmas, num, p_mean, p_std), shape=(n,))
+  # Inverse CDF: one uniform per row and a search of the cumulative pair masses (a categorical
+  # draw over all max_num - 1 pairs per row would cost as much as a network pass).
+  cdf = jnp.cumsum(jnp.exp(ict_pair_logits(sigmas, num, p_mean, p_std)))
+  u = jax.random.uniform(key, (n,), cdf.dtype) * cdf[-1]
+  i = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), num - 2)
   return sigmas[i], sigmas[i + 1]
 
 

@@ -198,6 +198,19 @@ def test_ict_curriculum_grid_and_pair_law_are_its_paper(x64):
     np.testing.assert_allclose(p_ours[:num - 1], ref.ict_index_probabilities(ref.ict_sigmas(num)),
                                rtol=1e-9, atol=1e-15)
     assert float(jnp.sum(p_ours[num - 1:])) == 0.0
+  # The sampler draws pairs with these probabilities (chi-square over the 40 pairs of N = 41).
+  from scipy import stats
+  sigmas = times_lib.karras_sigmas(jnp.asarray(41), 1281, 0.002, 80.0, 7.0)
+  lo, hi = times_lib.sample_ict_pairs(jax.random.key(0), 200_000, jnp.asarray(41), 1281, 0.002,
+                                      80.0, 7.0, -1.1, 2.0)
+  i = np.searchsorted(np.asarray(sigmas[:41]), np.asarray(lo))
+  np.testing.assert_allclose(np.asarray(sigmas)[i + 1], hi, rtol=1e-12)
+  counts = np.bincount(i, minlength=40)
+  assert len(counts) == 40
+  expected = 200_000 * np.asarray(ref.ict_index_probabilities(ref.ict_sigmas(41)))
+  keep = expected > 5
+  chi2 = np.sum((counts[keep] - expected[keep])**2 / expected[keep])
+  assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-4, chi2
 
 
 @pytest.mark.parametrize("preset", ("consistency_training", "consistency_distillation"))
