@@ -2,15 +2,13 @@
 (`docs/presets.md`): the paper's four objectives, flow matching, the direct-training presets and
 the distillation presets, on one backbone, one data pipeline and one evaluation.
 
-The budget is the demo variant (MLP 4 x 256, batch 1024, RAdam 2e-3, EMA 0.999) cut to 4,000
-steps (constant learning rate for 2,000, then lr0 / sqrt(step / 2,000)); sCM's tangent warm-up is
-scaled with it (1,000 steps instead of 10,000). The distillation presets need a teacher: a
-flow-matching run at the same budget, trained once, named by the argument:
+The budget is the demo variant (MLP 4 x 256, batch 1024, RAdam 2e-3, EMA 0.999) cut to 2,000
+steps (constant learning rate for 1,000, then lr0 / sqrt(step / 1,000)), evaluated on 50,000
+samples; sCM's tangent warm-up is scaled with it (500 steps instead of 10,000). The distillation
+presets need a teacher: the flow-matching member of seed 0 (member 0, run first), trained at the
+same budget. The argument is the sweep's root, so that the distillation members find it:
 
-  python -m flow_maps.main --config=configs/checkerboard_flow_matching.py:demo \\
-      --workdir=runs/presets_teacher --config.train.num_steps=4000 \\
-      --config.optim.decay_start=2000 --config.train.checkpoint_every=4000 --mode=train_and_eval
-  python experiments/sweep.py experiments/sweeps/checkerboard_presets.py:runs/presets_teacher \\
+  python experiments/sweep.py experiments/sweeps/checkerboard_presets.py:runs/presets \\
       --root=runs/presets run-all
 
 Without an argument the distillation presets are left out.
@@ -24,10 +22,11 @@ SELF_AND_DIRECT = ("flow_matching", "lsd", "esd", "psd_m", "psd_u", "meanflow", 
                    "consistency_training", "consistency_training_discrete")
 DISTILLATION = ("lmd", "emd", "pmd", "consistency_distillation")
 SEEDS = (0, 1, 2)
-BUDGET = {"train.num_steps": 4000, "optim.decay_start": 2000, "train.checkpoint_every": 4000,
-          "eval.ode_steps": (16,)}
+BUDGET = {"train.num_steps": 2000, "optim.decay_start": 1000, "train.checkpoint_every": 2000,
+          "eval.num_samples": 50_000, "eval.ode_steps": (16,)}
 # Per-preset changes that the budget forces (the preset's own value is for 10k+ step runs).
-SCALED = {"consistency_training": {"objective.tangent_warmup_steps": 1000}}
+SCALED = {"consistency_training": {"objective.tangent_warmup_steps": 500}}
+TEACHER = "0_checkerboard_flow_matching-seed=0"  # member 0's workdir under the root
 
 
 def get_sweep(arg=None):
@@ -38,7 +37,7 @@ def get_sweep(arg=None):
       member = {"config": f"configs/checkerboard_{preset}.py", "seed": seed,
                 **SCALED.get(preset, {})}
       if preset in DISTILLATION:
-        member["objective.pretrained"] = os.path.abspath(arg)
+        member["objective.pretrained"] = os.path.join(os.path.abspath(arg), TEACHER)
       members.append(member)
   return sweeps.Sweep(config="configs/checkerboard_lsd.py", variant="demo", members=members,
                       overrides=BUDGET, mode="train_and_eval", name="checkerboard_presets")
