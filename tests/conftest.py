@@ -9,6 +9,13 @@ create arrays in whatever default float dtype is current, and draw them in numpy
 
 from __future__ import annotations
 
+import os
+import tempfile
+
+# Caches the code keeps across runs (the reference flow maps of 2-D evaluation) go to a fresh
+# directory per test session, inherited by the CLI subprocesses of the tests.
+os.environ.setdefault("FLOW_MAPS_CACHE", tempfile.mkdtemp(prefix="flow_maps_cache_"))
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -45,3 +45,25 @@ def test_evaluate_an_euler_map_of_the_exact_velocity(tmp_path):
   toy2d_eval.plot_samples(samples, np.asarray(dataset.sample(key, 500)), str(path),
                           domain=dataset.domain, title="test")
   assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reference_samples_are_cached_by_content(tmp_path, monkeypatch):
+  """The second solve of the same (dataset, interpolant, x0) is read from the cache, bitwise;
+  another x0 or another dataset is solved anew."""
+  monkeypatch.setenv("FLOW_MAPS_CACHE", str(tmp_path))
+  dataset = toy2d.GaussianMixture()
+  ip = interpolants.linear(0.577)
+  x0 = np.asarray(0.577 * np.random.default_rng(0).normal(size=(64, 2)), np.float32)
+  first = toy2d_eval.reference_samples(dataset, ip, x0, 64)
+  assert len(list((tmp_path / "reference_maps").iterdir())) == 1
+
+  def no_solve(*args, **kwargs):
+    raise AssertionError("solved again")
+
+  with monkeypatch.context() as m:
+    m.setattr(toy2d_eval, "_batched", no_solve)
+    np.testing.assert_array_equal(toy2d_eval.reference_samples(dataset, ip, x0, 64), first)
+  other = toy2d_eval.reference_samples(toy2d.GaussianMixture(std=0.2), ip, x0, 64)
+  assert not np.array_equal(other, first)
+  toy2d_eval.reference_samples(dataset, ip, x0 + 0.01, 64)
+  assert len(list((tmp_path / "reference_maps").iterdir())) == 3
