@@ -32,8 +32,8 @@ TEACHER = "0_checkerboard_flow_matching-seed=0"  # member 0's workdir under the 
 def get_sweep(arg=None):
   presets = SELF_AND_DIRECT + (DISTILLATION if arg else ())
   members = []
-  for preset in presets:
-    for seed in SEEDS:
+  for seed in SEEDS:  # seed-major: a sweep cut short still has every preset at seed 0
+    for preset in presets:
       member = {"config": f"configs/checkerboard_{preset}.py", "seed": seed,
                 **SCALED.get(preset, {})}
       if preset in DISTILLATION:
