@@ -76,6 +76,9 @@ def common() -> ml_collections.ConfigDict:
   c.objective.pseudo_huber_c = ml_collections.config_dict.placeholder(float)  # None: 0.00054 sqrt(d)
   c.objective.tangent_normalization = 0.0  # eulerian + derivatives: E / (|E| + c); 0: off (sCM: 0.1)
   c.objective.tangent_warmup_steps = 0  # eulerian + derivatives: ramp the derivative term (sCM)
+  # Which student evaluations use the network's dropout: diagonal (the release: the flow-matching
+  # term only) | all (the off-diagonal student too, with its own masks).
+  c.objective.dropout = "diagonal"
 
   # Optimiser (optax).
   c.optim = ml_collections.ConfigDict()

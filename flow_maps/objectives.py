@@ -40,6 +40,7 @@ VELOCITIES = ("self", "conditional", "pretrained")
 STOP_GRADIENTS = ("teacher", "full", "none", "derivatives")
 WEIGHTINGS = ("none", "learned", "adaptive")
 DISTANCES = ("l2", "pseudo_huber")
+DROPOUTS = ("diagonal", "all")
 
 # What each residual admits (`docs/method.md` §8): the velocity driving its target, the
 # stop-gradient placements, the time distributions. The diagonal has no teacher to stop.
@@ -195,6 +196,10 @@ class Objective:
   pseudo_huber_c: Optional[float] = None  # None: iCT's 0.00054 sqrt(dimension)
   tangent_normalization: float = 0.0
   tangent_warmup_steps: int = 0
+  # Where the student runs with dropout: "diagonal" (the release: the flow-matching term only,
+  # every off-diagonal student and teacher evaluation deterministic) or "all" (the off-diagonal
+  # student too, with its own key). Teachers are always deterministic.
+  dropout: str = "diagonal"
 
   def __post_init__(self):
     def choice(field, value, allowed):
@@ -207,6 +212,7 @@ class Objective:
     choice("stop_gradient", self.stop_gradient, STOP_GRADIENTS)
     choice("weighting", self.weighting, WEIGHTINGS)
     choice("distance", self.distance, DISTANCES)
+    choice("dropout", self.dropout, DROPOUTS)
     admits = ADMITS[self.residual]
     for field in ("velocity", "stop_gradient"):
       if getattr(self, field) not in admits[field]:
@@ -286,7 +292,9 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
          train: bool = True) -> tuple[Array, dict[str, Array]]:
   """The loss of one batch of data x1 [B, ...] and its metrics.
 
-  Noise, times and dropout are drawn from `key`. The batch is split into diagonal and
+  Noise, times and dropout masks are drawn from `key` (`objective.dropout` says which terms
+  run the student with dropout; the diagonal's and the off-diagonal's masks come from
+  independent keys). The batch is split into diagonal and
   off-diagonal rows by `objective.layout` (see `times.py`); the loss is the mean over all rows of
   the per-row loss. `teacher_params` defaults to the online `params`; `pretrained` is the frozen
   velocity field of `objective.velocity = 'pretrained'`; `gap` is the annealed largest t - s;
@@ -296,11 +304,13 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
     raise ValueError("objective.velocity: a pretrained velocity field is needed exactly when "
                      f"velocity='pretrained' (got velocity={objective.velocity!r})")
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
+  key_dropout_diag, key_dropout_off = jax.random.split(key_dropout)  # independent masks
   dtype = x1.dtype
   batch = x1.shape[0]
   dimension = math.prod(x1.shape[1:])
   x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, dtype)
-  v = model.bind(params, key_dropout if train else None)
+  v_diag = model.bind(params, key_dropout_diag if train else None)
+  v = model.bind(params, key_dropout_off if train and objective.dropout == "all" else None)
   if teacher_params is None:
     teacher_params = params
   if objective.stop_gradient != "none":
@@ -318,7 +328,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
 
   if n_diag:
     t = objective.times.diagonal(key_diag, n_diag, dtype)
-    R = diagonal_residual(v, t, x0_d, x1_d, interpolant, pretrained)
+    R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained)
     w = model.log_weight(params, t, t) if learned else None
     total += jnp.sum(objective.row_loss(R, dimension, log_weight=w))
     metrics["diagonal"] = jnp.mean(R)
@@ -349,4 +359,4 @@ def from_config(objective_config: Any, total_steps: int = 1) -> Objective:
       weighting=oc.weighting, diagonal_fraction=oc.diagonal_fraction, adaptive_p=oc.adaptive_p,
       adaptive_c=oc.adaptive_c, distance=oc.distance, pseudo_huber_c=oc.pseudo_huber_c,
       tangent_normalization=oc.tangent_normalization,
-      tangent_warmup_steps=oc.tangent_warmup_steps)
+      tangent_warmup_steps=oc.tangent_warmup_steps, dropout=oc.dropout)

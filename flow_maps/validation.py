@@ -81,6 +81,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice(config, "objective.times", times.TIME_DISTRIBUTIONS)
   _choice(config, "objective.weighting", objectives.WEIGHTINGS)
   _choice(config, "objective.distance", objectives.DISTANCES)
+  _choice(config, "objective.dropout", objectives.DROPOUTS)
   _choice(config, "objective.psd_h", ("uniform", "midpoint"))
   _number(config, "objective.diagonal_fraction", low=0.0, high=1.0)
   for field in ("logit_normal_std", "noise_std", "sigma_min", "rho", "adaptive_c"):

@@ -505,3 +505,49 @@ def test_objective_validation_names_the_field():
     obj.Objective("eulerian", stop_gradient="full", tangent_normalization=0.1)
   with pytest.raises(ValueError, match="objective.times: unknown value"):
     times.TimeDistribution("uniform")
+
+
+class DropoutNetwork(nn.Module):
+  """A small MLP with dropout on its hidden layer (train=True draws from the 'dropout' stream)."""
+
+  @nn.compact
+  def __call__(self, s, t, x, train=False):
+    h = jnp.concatenate([s[:, None], t[:, None], x], axis=-1)
+    h = nn.Dropout(0.5, deterministic=not train)(nn.gelu(nn.Dense(32)(h)))
+    return nn.Dense(x.shape[-1])(h)
+
+
+class RecordingModel(fm.FlowMapModel):
+  """A FlowMapModel that records the dropout key of every bind."""
+
+  def bind(self, params, dropout_key=None):
+    self.keys.append(dropout_key)
+    return super().bind(params, dropout_key)
+
+
+@pytest.mark.parametrize("placement", ("diagonal", "all"))
+def test_dropout_placement_and_independent_masks(placement, make_gaussian_flow):
+  """'diagonal' (the release): only the flow-matching term runs the student with dropout, so the
+  off-diagonal residual equals the deterministic network's exactly; 'all': the off-diagonal
+  student has dropout too, under a key of its own, never the diagonal term's; the teacher is
+  always deterministic."""
+  gf = make_gaussian_flow("linear", SIGMA0)
+  model = RecordingModel(DropoutNetwork())
+  object.__setattr__(model, "keys", [])
+  params = model.init(jax.random.key(0), jnp.zeros((4, 3)))
+  x1 = _data(gf, 64, 21).astype(jnp.float32)
+  objective = obj.Objective("lagrangian", dropout=placement)
+  run = lambda train: obj.loss(model, params, x1, jax.random.key(1), objective=objective,
+                               interpolant=gf.interpolant, train=train)[1]
+  deterministic, model.keys[:] = run(False), []
+  with_dropout = run(True)
+  diag_key, off_key, teacher_key = model.keys  # student diagonal, student off-diagonal, teacher
+  assert diag_key is not None and teacher_key is None
+  assert abs(float(with_dropout["diagonal"]) - float(deterministic["diagonal"])) > 1e-4
+  if placement == "diagonal":
+    assert off_key is None
+    np.testing.assert_array_equal(with_dropout["lagrangian"], deterministic["lagrangian"])
+  else:
+    assert off_key is not None
+    assert not np.array_equal(jax.random.key_data(off_key), jax.random.key_data(diag_key))
+    assert abs(float(with_dropout["lagrangian"]) - float(deterministic["lagrangian"])) > 1e-6
