@@ -2,10 +2,16 @@
 
 Modes: train (resumes from DIR's latest checkpoint), eval, sample, and train_and_eval (train,
 then evaluate the final state: the demo). Overrides: `--config.train.num_steps=2000` and the like.
+Bad input exits 2 with one line on stderr (`cli.py`); SIGTERM / SIGINT exit 143 / 130.
 """
 
 import os
 import sys
+
+from flow_maps import cli
+
+cli.install_signal_handlers()  # first: a signal during the imports below exits cleanly too
+sys.stdout = cli.PipeSafeStream(sys.stdout)
 
 # TensorFlow only reads data and writes TensorBoard events here: keep it quiet and off oneDNN.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,7 +34,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.fail(f"flag error: unexpected arguments: {' '.join(argv[1:])}")
+  try:
+    cli.check_workdir(_WORKDIR.value)
+  except cli.InputError as e:
+    cli.fail(str(e))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and clu are chatty at INFO
   import jax
@@ -39,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser("config"))

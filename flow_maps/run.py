@@ -6,7 +6,7 @@ import sys
 
 import ml_collections
 
-from flow_maps import checkpoints, train, validation
+from flow_maps import checkpoints, cli, train, validation
 
 # Errors that describe a user's input or a run's state: printed as one line, no traceback.
 USER_ERRORS = (validation.ConfigError, checkpoints.CheckpointError, train.NonFiniteLossError)
@@ -36,7 +36,7 @@ def _check_eval_ready(config: ml_collections.ConfigDict) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
   """Returns the process exit code: 0 done, 1 the run failed, 2 bad input, 128 + signal when
-  stopped by SIGTERM / SIGINT after saving a checkpoint."""
+  stopped by SIGTERM / SIGINT (during training, after saving a checkpoint)."""
   try:
     if mode in ("eval", "train_and_eval"):
       _check_eval_ready(config)  # before training: a long run must not end on a missing file
@@ -55,3 +55,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str) -> int:
     kind = "config error" if isinstance(e, validation.ConfigError) else type(e).__name__
     print(f"{kind}: {e}", file=sys.stderr, flush=True)
     return 1 if isinstance(e, train.NonFiniteLossError) else 2
+  except cli.Stopped as e:  # outside the training loop: nothing trained is unsaved
+    print(cli.stop_message(e.signum, f"during {mode}; nothing trained was left unsaved"),
+          file=sys.stderr, flush=True)
+    return 128 + e.signum
