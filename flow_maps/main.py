@@ -25,6 +25,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, eval.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "train_and_eval"],
                           "What to do.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_list(
+    "allow_config_change", [], "Config fields that may differ from the run's DIR/config.json "
+    "although they change its meaning (e.g. objective.stop_gradient), on resume or for eval and "
+    "sample; every change is recorded in DIR/config_changes.jsonl.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first: one process per host of a "
     "multi-host run (TPU pods and SLURM are detected automatically; otherwise set "
@@ -41,11 +45,15 @@ def main(argv):
     cli.fail(str(e))
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and clu are chatty at INFO
+    # Orbax logs the tracebacks of its failed background saves; the failure itself comes back
+    # to us as an exception and is reported in one line (--verbosity=0 shows them again).
+    logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   from flow_maps import run
-  sys.exit(run.run(_CONFIG.value, _WORKDIR.value, _MODE.value))
+  sys.exit(run.run(_CONFIG.value, _WORKDIR.value, _MODE.value,
+                   allow_config_change=tuple(_ALLOW_CONFIG_CHANGE.value)))
 
 
 if __name__ == "__main__":
