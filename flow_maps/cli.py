@@ -32,8 +32,15 @@ class Stopped(BaseException):
     self.signum = signum
 
 
+# The last signal received: a raise from a signal handler that lands in a gc callback or a
+# __del__ is swallowed by the interpreter, so `run.py` checks this at the end as well.
+received: Optional[int] = None
+
+
 def _raise_stopped(signum, frame):
   del frame
+  global received
+  received = signum
   raise Stopped(signum)
 
 
@@ -52,6 +59,17 @@ def _excepthook(kind, value, tb):
 _previous_excepthook = sys.excepthook
 
 
+def _unraisablehook(unraisable):
+  """A `Stopped` raised inside a gc callback or __del__ cannot propagate; `received` keeps the
+  signal, so print nothing (the interpreter would print a traceback)."""
+  if isinstance(unraisable.exc_value, Stopped):
+    return
+  _previous_unraisablehook(unraisable)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
 def install_signal_handlers() -> None:
   """SIGTERM / SIGINT raise `Stopped`; SIGPIPE is ignored (a write to a closed pipe raises
   BrokenPipeError, which `PipeSafeStream` swallows)."""
@@ -59,6 +77,7 @@ def install_signal_handlers() -> None:
     signal.signal(sig, _raise_stopped)
   signal.signal(signal.SIGPIPE, signal.SIG_IGN)
   sys.excepthook = _excepthook
+  sys.unraisablehook = _unraisablehook
 
 
 def stop_message(signum: int, what: str) -> str:

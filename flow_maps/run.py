@@ -57,6 +57,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str,
     if mode == "sample":
       from flow_maps.evaluation import run_eval
       run_eval.sample(config, workdir, allow_config_change)
+    if cli.received is not None:  # a signal whose exception was swallowed on the way
+      raise cli.Stopped(cli.received)
     return 0
   except _user_errors() as e:
     kind = "config error" if isinstance(e, validation.ConfigError) else type(e).__name__

@@ -221,9 +221,9 @@ class _StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    if self._raise:
+    self.signum = signum  # kept even if the raise below lands where it is swallowed (a gc
+    if self._raise:       # callback): the loop then stops after its first step
       raise cli.Stopped(signum)
-    self.signum = signum
 
   def flag_only(self) -> None:
     self._raise = False
@@ -388,10 +388,6 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   step_fn = make_train_step(exp, toy)
   log = _MetricsLog(workdir, start)
   stack.callback(log.close)
-  if jax.process_index() == 0:
-    print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
-          f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
-          f"{parameter_count(state.params):,} parameters", flush=True)
   sync_every = min(SYNC_EVERY, tc.log_every)
   pending: list[tuple[int, dict]] = []
   window_start, window_steps = time.perf_counter(), 0
@@ -404,6 +400,10 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   # Signals from here on only set a flag: the loop saves and stops, and the final save and
   # close (the stack's callbacks) are never cut short.
   stop.flag_only()
+  if jax.process_index() == 0:
+    print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
+          f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
+          f"{parameter_count(state.params):,} parameters", flush=True)
   while step < tc.num_steps:
     batch = None if toy is not None else next(batches)
     state, metrics = step_fn(state, batch)

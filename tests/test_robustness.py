@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -385,7 +386,7 @@ def test_signals_at_any_moment_and_a_closed_stdout(tmp_path, trained):
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, err
   assert "Traceback" not in err and "saved a checkpoint at step" in out
-  stopped_at = int(out.split("saved a checkpoint at step ")[1].split()[0])
+  stopped_at = int(re.search(r"saved a checkpoint at step (\d+)", out).group(1))
   assert 1 <= stopped_at < 20
   assert not (run / ".lock").exists()
   # Resume with stdout closed after the first line (`| head -1`): the run finishes, and its
