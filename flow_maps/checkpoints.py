@@ -1,28 +1,94 @@
-"""Orbax checkpoints in `DIR/checkpoints`: periodic, bounded in number, atomic, restored on start.
+"""Orbax checkpoints in `DIR/checkpoints`: periodic, bounded in number, atomic, verified.
 
 A checkpoint holds the whole train state (parameters, optimiser state, EMAs, step, RNG key); the
 data position is the step (toy data is drawn from the step's key, images are read by step), so
 a restored run continues exactly where it stopped.
+
+Every checkpoint is known good or reported:
+  - the sha256 of each saved array's bytes (taken on the host before the save) goes into the
+    checkpoint's own metadata (`custom_metadata["digest"]` in `<step>/_CHECKPOINT_METADATA`),
+    committed atomically with it; after the commit the files are read back and their sha256
+    written to `<step>/files.sha256` (a file Orbax ignores);
+  - a restore checks the files, then the arrays, against them; a corrupt, truncated or
+    incomplete checkpoint is named by step and file, and `restore_latest_intact` falls back to
+    the newest intact one (moving the bad ones to `DIR/corrupt_checkpoints/`);
+  - a save that fails raises `CheckpointSaveError` at once: saves are waited for, so a run never
+    trains past a save that did not commit.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import sys
 from typing import Any, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+DIGEST_FORMAT = 1
+FILES_DIGEST = "files.sha256"
+ORBAX_METADATA = "_CHECKPOINT_METADATA"
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint in the workdir cannot be restored into this run."""
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (disk full, workdir gone or unwritable)."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's files or arrays do not match their digests, or it is incomplete."""
+
+
+def _host_leaves(tree: Any) -> list[tuple[str, np.ndarray]]:
+  """(path, host array) per leaf; arrays are replicated, so one addressable shard is the whole."""
+  out = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if isinstance(leaf, jax.Array):
+      leaf = leaf.addressable_shards[0].data if not leaf.is_fully_addressable else leaf
+      if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    out.append((jax.tree_util.keystr(path), np.asarray(jax.device_get(leaf))))
+  return out
+
+
+def array_digest(tree: Any) -> dict[str, dict[str, Any]]:
+  """{leaf path: {"sha256", "shape", "dtype"}} of every array in `tree`, from its host bytes."""
+  return {path: {"sha256": hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest(),
+                 "shape": list(x.shape), "dtype": str(x.dtype)}
+          for path, x in _host_leaves(tree)}
+
+
+def _sha256_file(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _files_of(step_dir: str) -> list[str]:
+  files = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if rel != FILES_DIGEST:
+        files.append(rel)
+  return sorted(files)
+
+
 class Checkpoints:
-  """A thin wrapper over `orbax.checkpoint.CheckpointManager`."""
+  """A thin wrapper over `orbax.checkpoint.CheckpointManager` that verifies what it keeps."""
 
   def __init__(self, workdir: str, keep: int = 3, create: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
@@ -32,28 +98,198 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    return list(self._manager.all_steps())
+    return sorted(self._manager.all_steps())
 
-  def save(self, step: int, state: Any) -> None:
-    """Starts an asynchronous save; the commit is atomic (a killed save leaves no checkpoint)."""
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  # ------------------------------------------------------------------------- saving
+
+  def save(self, step: int, state: Any, extra: Optional[dict] = None) -> None:
+    """Saves `state` at `step` with its digest (and `extra`, JSON, in the same metadata) and
+    waits for the commit; raises CheckpointSaveError if any part of it fails."""
+    metadata = None
+    if jax.process_index() == 0:
+      metadata = {"digest": {"format": DIGEST_FORMAT, "arrays": array_digest(state)},
+                  **(extra or {})}
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata)
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+      if jax.process_index() == 0:
+        self._write_files_digest(step)
+    except Exception as e:  # orbax and tensorstore raise many types: name the step and cause
+      raise CheckpointSaveError(
+          f"cannot save the checkpoint at step {step} in {self.directory}: "
+          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}; the run stopped here, the "
+          "last committed checkpoint is untouched") from e
+    if step not in self._manager.all_steps():
+      raise CheckpointSaveError(f"the checkpoint at step {step} in {self.directory} was not "
+                                "committed; the run stopped here")
+
+  def _write_files_digest(self, step: int) -> None:
+    """The sha256 of every committed file, read back from disk (what a restore will read)."""
+    step_dir = self.step_dir(step)
+    digest = {rel: {"sha256": _sha256_file(os.path.join(step_dir, rel)),
+                    "bytes": os.path.getsize(os.path.join(step_dir, rel))}
+              for rel in _files_of(step_dir)}
+    tmp = os.path.join(step_dir, FILES_DIGEST + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(digest, f, indent=0, sort_keys=True)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(step_dir, FILES_DIGEST))
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def restore(self, target: Any, step: Optional[int] = None) -> Any:
+  # ------------------------------------------------------------------------- verifying
+
+  def stored_metadata(self, step: int) -> Optional[dict]:
+    """The custom metadata saved with `step` (digest and extras); None if it has none."""
+    path = os.path.join(self.step_dir(step), ORBAX_METADATA)
+    if not os.path.exists(path):
+      return None
+    try:
+      with open(path) as f:
+        return json.load(f).get("custom_metadata") or None
+    except (OSError, ValueError) as e:
+      raise CorruptCheckpointError(f"step {step}: {ORBAX_METADATA} is unreadable: {e}") from None
+
+  def _has_digests(self) -> bool:
+    """Whether this workdir's checkpoints carry digests (those written before digests did not)."""
+    for step in self.all_steps():
+      try:
+        if (self.stored_metadata(step) or {}).get("digest"):
+          return True
+      except CorruptCheckpointError:
+        continue
+    return False
+
+  def check_files(self, step: int) -> None:
+    """Raises CorruptCheckpointError naming the first missing, truncated or altered file."""
+    step_dir = self.step_dir(step)
+    path = os.path.join(step_dir, FILES_DIGEST)
+    if not os.path.exists(path):
+      return  # a kill between the commit and this file: the array digest still checks it
+    try:
+      with open(path) as f:
+        expected = json.load(f)
+    except (OSError, ValueError):
+      return  # written atomically, so unreadable means damaged: the array digest decides
+    for rel, want in sorted(expected.items()):
+      full = os.path.join(step_dir, rel)
+      if not os.path.exists(full):
+        raise CorruptCheckpointError(f"step {step}: file {rel} is missing")
+      size = os.path.getsize(full)
+      if size != want["bytes"]:
+        raise CorruptCheckpointError(
+            f"step {step}: file {rel} has {size} bytes, {want['bytes']} were written")
+      if _sha256_file(full) != want["sha256"]:
+        raise CorruptCheckpointError(f"step {step}: file {rel} does not match its sha256")
+
+  def restore(self, target: Any, step: Optional[int] = None, *, verify: bool = True,
+              require_digest: Optional[bool] = None) -> Any:
     """Restores `step` (the latest by default) with the structure, dtypes and shardings of
-    `target` (a state or its abstract shapes)."""
+    `target` (a state or its abstract shapes), checked against its digests."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
+    if not os.path.isdir(self.step_dir(step)):
+      raise CorruptCheckpointError(f"step {step}: {self.step_dir(step)} is gone")
+    metadata = self.stored_metadata(step) if verify else None
+    digest = (metadata or {}).get("digest")
+    if verify and digest is None:
+      if require_digest is None:
+        require_digest = self._has_digests()
+      if require_digest:
+        raise CorruptCheckpointError(
+            f"step {step}: incomplete: {ORBAX_METADATA} is missing or holds no digest")
+      print(f"warning: the checkpoint at step {step} has no digest (written before digests "
+            "were kept); restored unverified", file=sys.stderr, flush=True)
+    if digest is not None:
+      self._check_structure(step, digest, target)
+      self.check_files(step)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      state = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # orbax raises many types; name the checkpoint and the cause
+      cause = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+      if digest is not None:  # the structure matched the digest: the files are damaged
+        raise CorruptCheckpointError(f"step {step}: Orbax cannot read it: {cause}") from e
       raise CheckpointError(
           f"cannot restore the checkpoint at step {step} in {self.directory} into this run "
-          f"(was it written by a different model or config?): {type(e).__name__}: {e}") from e
+          f"(was it written by a different model or config?): {cause}") from e
+    if digest is not None:
+      got = array_digest(state)
+      for path, want in digest["arrays"].items():
+        if got[path]["sha256"] != want["sha256"]:
+          raise CorruptCheckpointError(
+              f"step {step}: array {path} does not match its digest (files under "
+              f"{self.step_dir(step)}/default)")
+    return state
+
+  def _check_structure(self, step: int, digest: dict, target: Any) -> None:
+    """A digest of other arrays means another model or config, not damage."""
+    want = {p: (tuple(d["shape"]), d["dtype"]) for p, d in digest["arrays"].items()}
+    have = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+      shape, dtype = tuple(leaf.shape), leaf.dtype
+      if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        shape, dtype = tuple(jax.random.key_data(leaf).shape), jax.random.key_data(leaf).dtype
+      have[jax.tree_util.keystr(path)] = (shape, str(np.dtype(dtype)))
+    if want != have:
+      diff = sorted(set(want.items()) ^ set(have.items()))[:3]
+      raise CheckpointError(
+          f"cannot restore the checkpoint at step {step} in {self.directory} into this run: "
+          f"it holds other arrays (was it written by a different model or config?), e.g. "
+          f"{', '.join(f'{p} {s}' for p, s in diff)}")
+
+  def restore_latest_intact(self, target: Any, *, move_aside: bool) -> Any:
+    """The newest checkpoint that passes its digests. Each bad one is reported on stderr by step
+    and file; if an older one is intact it is restored (and, with `move_aside`, the bad ones are
+    moved to DIR/corrupt_checkpoints/ so that the run can write those steps again). With none
+    intact, CorruptCheckpointError names them all and nothing is moved."""
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f"no checkpoint in {self.directory}")
+    require_digest = self._has_digests()
+    bad = []
+    for step in reversed(steps):
+      try:
+        state = self.restore(target, step, require_digest=require_digest)
+      except CorruptCheckpointError as e:
+        print(f"checkpoint error: {e}", file=sys.stderr, flush=True)
+        bad.append((step, str(e)))
+        continue
+      if bad:
+        where = ""
+        if move_aside and jax.process_index() == 0:
+          aside = os.path.join(self.workdir, "corrupt_checkpoints")
+          os.makedirs(aside, exist_ok=True)
+          for s, _ in bad:
+            dest = os.path.join(aside, str(s))
+            n = 1
+            while os.path.exists(dest):
+              dest, n = os.path.join(aside, f"{s}.{n}"), n + 1
+            shutil.move(self.step_dir(s), dest)
+          where = f"; moved {'them' if len(bad) > 1 else 'it'} to {aside}"
+          self._manager.reload()
+        print(f"falling back to the newest intact checkpoint, step {step} (step"
+              f"{'s' if len(bad) > 1 else ''} {', '.join(str(s) for s, _ in bad)} "
+              f"failed verification{where})", file=sys.stderr, flush=True)
+      return state
+    raise CorruptCheckpointError(
+        f"no intact checkpoint in {self.directory}: " + "; ".join(m for _, m in bad) +
+        ". Nothing was changed")
+
+  def verify(self, target: Any, step: int) -> Optional[str]:
+    """None if `step` passes its digests, else what is wrong."""
+    try:
+      self.restore(target, step)
+    except CheckpointError as e:
+      return str(e)
+    return None
 
   def restore_raw(self, step: int) -> Any:
     """The checkpoint at `step` as saved (nested dicts and lists of host arrays), without a target:

@@ -10,10 +10,12 @@ gradient all-reduce. The batch layout of `times.py` keeps the diagonal fraction 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -26,9 +28,11 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from flow_maps import checkpoints as ckpt_lib
+from flow_maps import cli
 from flow_maps import data as data_lib
 from flow_maps import interpolants, networks, objectives, optim, times, validation
 from flow_maps import pretrained as pretrained_lib
+from flow_maps import workdir as workdir_lib
 from flow_maps.flow_map import FlowMapModel
 
 # XLA on CPU with several fake devices deadlocks when more than ~32 steps are queued without a
@@ -212,10 +216,15 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
 
 
 class _StopRequest:
-  """Turns SIGTERM / SIGINT into a flag the loop checks after every step."""
+  """SIGTERM / SIGINT during a run. Until `flag_only()` (the loop's start) a signal raises
+  `cli.Stopped`: nothing has been trained that a checkpoint would miss. From then on it sets a
+  flag the loop checks after every step (it saves and stops) and that the final save and close
+  wait under; `interruptible` runs a long side task (an evaluation) that a signal cuts short,
+  so that the loop can save and stop at once."""
 
   def __init__(self):
     self.signum = None
+    self._raise = True
     self._previous = {}
 
   def __enter__(self):
@@ -225,7 +234,23 @@ class _StopRequest:
 
   def _handle(self, signum, frame):
     del frame
-    self.signum = signum
+    self.signum = signum  # kept even if the raise below lands where it is swallowed (a gc
+    if self._raise:       # callback): the loop then stops after its first step
+      raise cli.Stopped(signum)
+
+  def flag_only(self) -> None:
+    self._raise = False
+
+  def interruptible(self, fn: Callable[[], Any]) -> None:
+    if self.signum:
+      return
+    self._raise = True
+    try:
+      fn()
+    except cli.Stopped as e:
+      self.signum = e.signum
+    finally:
+      self._raise = False
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
@@ -245,12 +270,7 @@ class _MetricsLog:
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines logged after the checkpoint we resume from: they will be logged again."""
-    if not os.path.exists(self.path):
-      return
-    with open(self.path) as f:
-      lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(self.path, "w") as f:
-      f.writelines(lines)
+    workdir_lib.truncate_metrics(self.path, step)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     self.writer.write_scalars(step, scalars)
@@ -276,8 +296,8 @@ def write_run_files(exp: Experiment, workdir: str, state: TrainState,
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(exp.config.to_json_best_effort(indent=2, sort_keys=True))
+  workdir_lib.atomic_write(os.path.join(workdir, workdir_lib.CONFIG_FILE),
+                           exp.config.to_json_best_effort(indent=2, sort_keys=True))
   layout = exp.objective.layout
   n_diag, n_off = layout.counts(exp.config.train.batch_size)
   info = {
@@ -294,15 +314,15 @@ def write_run_files(exp: Experiment, workdir: str, state: TrainState,
   }
   if pretrained is not None:
     info["pretrained"] = pretrained.info
-  with open(os.path.join(workdir, "run_info.json"), "w") as f:
-    json.dump(info, f, indent=2)
+  workdir_lib.atomic_write(os.path.join(workdir, "run_info.json"), json.dumps(info, indent=2))
 
 
 def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainState:
-  """The latest checkpoint in the workdir if there is one, else a fresh state."""
+  """The newest intact checkpoint in the workdir if there is one (bad ones are reported and
+  moved aside), else a fresh state."""
   state = init_state(exp)
   if manager.latest_step() is not None:
-    state = manager.restore(state)
+    state = manager.restore_latest_intact(state, move_aside=True)
   return state
 
 
@@ -322,89 +342,135 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
     terms = ", ".join(f"{k}={v}" for k, v in bad.items())
     raise NonFiniteLossError(
         f"non-finite loss at step {step}: {terms}. The state was not updated and no checkpoint "
-        "was written for this step; the last good checkpoint is intact.")
+        "was written for this step")
+
+
+def _last_checkpoint_verdict(manager: ckpt_lib.Checkpoints, target: Any) -> str:
+  """What the non-finite-loss message may claim about the last checkpoint, once verified."""
+  step = manager.latest_step()
+  if step is None:
+    return "; there is no checkpoint yet."
+  problem = manager.verify(target, step)
+  if problem is None:
+    return f"; the last checkpoint (step {step}) was verified intact."
+  return f"; the last checkpoint (step {step}) FAILED verification: {problem}."
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          exp: Optional[Experiment] = None) -> tuple[TrainState, Optional[int]]:
-  """Trains to `config.train.num_steps`, resuming from the workdir's latest checkpoint.
+          exp: Optional[Experiment] = None, allow_config_change: tuple[str, ...] = ()
+          ) -> tuple[TrainState, Optional[int]]:
+  """Trains to `config.train.num_steps`, resuming from the workdir's newest intact checkpoint.
 
-  Returns the final state and, if the run was stopped by SIGTERM or SIGINT (after saving a
-  checkpoint), that signal's number, else None.
+  On resume the stored DIR/config.json must agree with `config` on every field that changes the
+  run's meaning, except those in `allow_config_change` (`workdir.check_resume`); changes are
+  recorded in DIR/config_changes.jsonl. Returns the final state and, if the run was stopped by
+  SIGTERM or SIGINT (after saving a checkpoint), that signal's number, else None.
   """
   exp = exp or build_experiment(config)
   tc = config.train
+  workdir_lib.check_allowed_names(allow_config_change, config)
+  # The frozen teacher of distillation, checked before anything is written or compiled.
+  frozen = (pretrained_lib.load(config, exp.data_shape)
+            if config.objective.velocity == "pretrained" else None)
+  with contextlib.ExitStack() as stack:
+    stop = stack.enter_context(_StopRequest())  # first in, last out: it guards the closing
+    if jax.process_index() == 0:
+      stack.enter_context(workdir_lib.RunLock(workdir))
+    manager = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints)
+    stack.callback(manager.close)
+    changes = []
+    if manager.latest_step() is not None:
+      if workdir_lib.stored_config(workdir) is None:
+        print(f"warning: {workdir} has checkpoints but no {workdir_lib.CONFIG_FILE}: resuming "
+              "without comparing configs", file=sys.stderr, flush=True)
+      changes = workdir_lib.check_resume(workdir, config, allow_config_change)
+    return _train(exp, workdir, manager, stack, stop, changes, frozen)
+
+
+def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
+           stack: contextlib.ExitStack, stop: _StopRequest, changes: list,
+           frozen: Optional[pretrained_lib.Pretrained]) -> tuple[TrainState, Optional[int]]:
+  config = exp.config
+  tc = config.train
   toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
   images = None if toy is not None else data_lib.image_dataset(config, "train")
-  frozen = (pretrained_lib.load(config, exp.data_shape)
-            if config.objective.velocity == "pretrained" else None)  # before anything compiles
-  manager = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints)
   state = restore_or_init(exp, manager)
   start = int(state.step)
-  write_run_files(exp, workdir, state, frozen)
+  # The steps of the current logging window before the checkpoint, so that the first line
+  # after a resume averages the same steps as an uninterrupted run's.
+  window: dict[str, list[float]] = {}
+  if start:
+    window = dict((manager.stored_metadata(start) or {}).get("metrics_window", {}))
   if jax.process_index() == 0:
-    print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
-          f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
-          f"{parameter_count(state.params):,} parameters", flush=True)
+    workdir_lib.record_config_changes(workdir, start, changes)
+  write_run_files(exp, workdir, state, frozen)
   step_fn = make_train_step(exp, toy, frozen)
   log = _MetricsLog(workdir, start)
+  stack.callback(log.close)
   sync_every = min(SYNC_EVERY, tc.log_every)
   pending: list[tuple[int, dict]] = []
-  window: dict[str, list[float]] = {}
   window_start, window_steps = time.perf_counter(), 0
   rate_start, rate_steps = None, 0  # steps/s for the ETA, counted from the first sync (compiled)
   step = start
   stopped_by = None
   reader, batches = (None, None) if toy is not None else _image_batches(exp, images, start)
-  try:
-    with _StopRequest() as stop:
-      while step < tc.num_steps:
-        batch = None if toy is not None else next(batches)
-        state, metrics = step_fn(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
-                    or (tc.eval_every and step % tc.eval_every == 0))
-        if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
-          continue
-        for k, m in jax.device_get(pending):
-          m = {name: float(v) for name, v in m.items()}
-          _check_finite(k, m)
-          for name, v in m.items():
-            window.setdefault(name, []).append(v)
-        window_steps += len(pending)
-        if rate_start is None:
-          rate_start = time.perf_counter()
-        else:
-          rate_steps += len(pending)
-        pending = []
-        if step % tc.log_every == 0 or step == tc.num_steps:
-          elapsed = time.perf_counter() - window_start
-          scalars = {name: float(np.mean(v)) for name, v in window.items()}
-          scalars["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
-          log.write(step, scalars)
-          if jax.process_index() == 0:
-            rate = rate_steps / max(time.perf_counter() - rate_start, 1e-9)
-            eta = _format_duration((tc.num_steps - step) / rate) if rate_steps else "?"
-            terms = "  ".join(f"{k} {scalars[k]:.4g}" for k in window
-                              if k not in ("loss", "learning_rate", "max_gap"))
-            print(f"step {step}/{tc.num_steps}  loss {scalars['loss']:.4g}  {terms}  "
-                  f"{scalars['steps_per_sec']:.1f} steps/s  ETA {eta}", flush=True)
-          window, window_start, window_steps = {}, time.perf_counter(), 0
-        if step % tc.checkpoint_every == 0 or step == tc.num_steps or stop.signum:
-          manager.save(step, state)
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
-          from flow_maps.evaluation import run_eval  # imports this module
-          run_eval.evaluate_state(exp, state, workdir)
-        if stop.signum:
-          stopped_by = stop.signum
-          if jax.process_index() == 0:
-            print(f"received signal {stop.signum}: saved a checkpoint at step {step}, stopping",
-                  flush=True)
-          break
-  finally:
-    if reader is not None:
-      reader.close()
-    manager.close()
-    log.close()
+  if reader is not None:
+    stack.callback(reader.close)
+  # Signals from here on only set a flag: the loop saves and stops, and the final save and
+  # close (the stack's callbacks) are never cut short.
+  stop.flag_only()
+  if jax.process_index() == 0:
+    print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
+          f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
+          f"{parameter_count(state.params):,} parameters", flush=True)
+  while step < tc.num_steps:
+    batch = None if toy is not None else next(batches)
+    state, metrics = step_fn(state, batch)
+    step += 1
+    pending.append((step, metrics))
+    boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
+                or (tc.eval_every and step % tc.eval_every == 0))
+    if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
+      continue
+    try:
+      for k, m in jax.device_get(pending):
+        m = {name: float(v) for name, v in m.items()}
+        _check_finite(k, m)
+        for name, v in m.items():
+          window.setdefault(name, []).append(v)
+    except NonFiniteLossError as e:
+      raise NonFiniteLossError(f"{e}{_last_checkpoint_verdict(manager, state)}") from None
+    window_steps += len(pending)
+    if rate_start is None:
+      rate_start = time.perf_counter()
+    else:
+      rate_steps += len(pending)
+    pending = []
+    if step % tc.log_every == 0 or step == tc.num_steps:
+      elapsed = time.perf_counter() - window_start
+      scalars = {name: float(np.mean(v)) for name, v in window.items()}
+      scalars["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+      log.write(step, scalars)
+      if jax.process_index() == 0:
+        rate = rate_steps / max(time.perf_counter() - rate_start, 1e-9)
+        eta = _format_duration((tc.num_steps - step) / rate) if rate_steps else "?"
+        terms = "  ".join(f"{k} {scalars[k]:.4g}" for k in window
+                          if k not in ("loss", "learning_rate", "max_gap"))
+        print(f"step {step}/{tc.num_steps}  loss {scalars['loss']:.4g}  {terms}  "
+              f"{scalars['steps_per_sec']:.1f} steps/s  ETA {eta}", flush=True)
+      window, window_start, window_steps = {}, time.perf_counter(), 0
+    saved = step % tc.checkpoint_every == 0 or step == tc.num_steps or bool(stop.signum)
+    if saved:
+      manager.save(step, state, extra={"metrics_window": window})
+    if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
+      from flow_maps.evaluation import run_eval  # imports this module
+      stop.interruptible(lambda: run_eval.evaluate_state(exp, state, workdir))
+      if stop.signum and not saved:  # the signal came during the evaluation
+        manager.save(step, state, extra={"metrics_window": window})
+    if stop.signum:
+      stopped_by = stop.signum
+      if jax.process_index() == 0:
+        print(f"received signal {stop.signum}: saved a checkpoint at step {step}, stopping",
+              flush=True)
+      break
   return state, stopped_by

@@ -6,6 +6,7 @@ import math
 from typing import Any, Iterable
 
 import ml_collections
+import numpy as np
 
 from flow_maps import data as data_lib
 from flow_maps import interpolants, networks, objectives, optim, sampling, times
@@ -35,6 +36,23 @@ def _choice(config, field: str, allowed: Iterable[str]):
     _fail(field, f"unknown value {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
 
+# What the device sees: integers become int32 and floats float32 (jax without x64), so a value
+# that passes a Python check can still overflow (a batch of 2**31) or become inf (1e39) there.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _device_range(field: str, value, *, integer: bool) -> None:
+  """Fails unless `value` is representable on the device: int32 for integers, a finite float32
+  for floats."""
+  if integer:
+    if not -INT32_MAX - 1 <= value <= INT32_MAX:
+      _fail(field, f"must fit in int32 (|value| < 2**31) as the device sees it, got {value!r}")
+  elif abs(value) > FLOAT32_MAX:
+    _fail(field, f"must be finite in float32 (|value| <= {FLOAT32_MAX:.4g}) as the device sees "
+          f"it, got {value!r}")
+
+
 def _number(config, field: str, *, low=None, high=None, integer=False, low_open=False):
   value = _require(config, field)
   kind = "an integer" if integer else "a number"
@@ -43,10 +61,46 @@ def _number(config, field: str, *, low=None, high=None, integer=False, low_open=
     _fail(field, f"must be {kind}, got {value!r}")
   if not math.isfinite(value):
     _fail(field, f"must be finite, got {value!r}")
+  _device_range(field, value, integer=integer)
   if low is not None and (value < low or (low_open and value == low)):
     _fail(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+  if low is not None and low_open and not integer and np.float32(value) <= low:
+    _fail(field, f"must be > {low} in float32 as the device sees it, got {value!r} (it rounds "
+          f"to {float(np.float32(value))!r})")
   if high is not None and value > high:
     _fail(field, f"must be <= {high}, got {value!r}")
+
+
+def _positive_ints(field: str, values, *, allow_empty: bool) -> None:
+  if not isinstance(values, (tuple, list)) or not (values or allow_empty) or not all(
+      isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= INT32_MAX for n in values):
+    kind = "a tuple of integers >= 1" + (" (may be empty)" if allow_empty else ", non-empty")
+    _fail(field, f"must be {kind}, got {values!r}")
+
+
+def _model(config) -> None:
+  """The network's sizes: every one a positive integer (a width of 0 or a depth of -1 would
+  build a network that cannot learn, or fail deep inside flax)."""
+  _choice(config, "model.name", networks.NETWORKS)
+  if config.model.name == "mlp":
+    _number(config, "model.width", low=1, integer=True)
+    _number(config, "model.depth", low=1, integer=True)
+    return
+  from flow_maps.networks import unet
+  _choice(config, "model.preset", unet.PRESETS)
+  _choice(config, "model.compute_dtype", unet.COMPUTE_DTYPES)
+  for field in ("model_channels", "num_blocks", "channels_per_head", "logvar_channels"):
+    if config.model.get(field) is not None:
+      _number(config, f"model.{field}", low=1, integer=True)
+  for field, allow_empty in (("channel_mult", False), ("attn_resolutions", True)):
+    if config.model.get(field) is not None:
+      _positive_ints(f"model.{field}", config.model[field], allow_empty=allow_empty)
+  if config.model.get("dropout") is not None:
+    _number(config, "model.dropout", low=0.0)
+    if config.model.dropout >= 1.0:
+      _fail("model.dropout", f"must be < 1, got {config.model.dropout!r}")
+  if config.model.get("fourier_bandwidth") is not None:
+    _number(config, "model.fourier_bandwidth", low=0.0, low_open=True)
 
 
 def _step_counts(field: str, steps, *, allow_empty: bool) -> None:
@@ -73,7 +127,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice(config, "data.name", data_lib.DATASETS)
   _choice(config, "interpolant.name", interpolants.INTERPOLANTS)
   _number(config, "interpolant.sigma0", low=0, low_open=True)
-  _choice(config, "model.name", networks.NETWORKS)
+  _model(config)
 
   _choice(config, "objective.residual", objectives.RESIDUALS)
   _choice(config, "objective.velocity", objectives.VELOCITIES)
@@ -134,12 +188,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _number(config, f"train.{field}", low=1, integer=True)
   _number(config, "train.eval_every", low=0, integer=True)
+  if config.train.get("xla_optimization_level") is not None:
+    _number(config, "train.xla_optimization_level", low=0, integer=True)
   decays = _require(config, "train.ema_decays")
   if not isinstance(decays, (tuple, list)):
     _fail("train.ema_decays", f"must be a tuple of decays in (0, 1), got {decays!r}")
   for d in decays:
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0:
       _fail("train.ema_decays", f"each decay must lie in (0, 1), got {d!r}")
+    if not 0.0 < np.float32(d) < 1.0:  # 1 - 1e-9 is 1.0 on the device: an EMA that never moves
+      _fail("train.ema_decays", f"each decay must lie in (0, 1) in float32 as the device sees "
+            f"it, got {d!r} (it rounds to {float(np.float32(d))!r})")
   if len(set(ema_name(d) for d in decays)) != len(decays):
     _fail("train.ema_decays", f"decays must be distinct, got {tuple(decays)}")
 
@@ -162,3 +221,5 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "eval.num_samples", low=1, integer=True)
   _number(config, "eval.batch_size", low=1, integer=True)
   _number(config, "sample.num_samples", low=1, integer=True)
+  if "kl_bins" in config.eval:
+    _number(config, "eval.kl_bins", low=1, integer=True)

@@ -57,10 +57,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert cli(tmp_path, "--config.train.num_steps=10").returncode == 0
   good = restore(tmp_path)
   # A learning rate of 1e30 sends the parameters to ~1e30, and the next loss overflows.
-  r = cli(tmp_path, "--config.train.num_steps=40", "--config.optim.learning_rate=1e30")
+  r = cli(tmp_path, "--config.train.num_steps=40", "--config.optim.learning_rate=1e30",
+          "--allow_config_change=optim.learning_rate")
   assert r.returncode == 1, r.stderr
   assert "non-finite loss at step" in r.stderr
   assert "loss=" in r.stderr  # the term is named
+  assert "the last checkpoint (step 10) was verified intact" in r.stderr
   assert "Traceback" not in r.stderr
   ckpts = checkpoints.Checkpoints(str(tmp_path))
   assert ckpts.latest_step() == 10

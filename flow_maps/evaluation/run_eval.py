@@ -20,20 +20,32 @@ import jax
 import numpy as np
 
 from flow_maps import checkpoints, train
+from flow_maps import workdir as workdir_lib
 from flow_maps import data as data_lib
 
 EVAL_SALT = 0x5EED  # eval keys derive from the run's seed, apart from training's
 
 
-def load(config, workdir: str) -> tuple[train.Experiment, train.TrainState]:
-  """The experiment and the latest checkpoint's state; a clear error if there is none."""
+def load(config, workdir: str, allow_config_change: tuple[str, ...] = ()
+         ) -> tuple[train.Experiment, train.TrainState]:
+  """The experiment and the newest intact checkpoint's state; a clear error if there is none,
+  or if the config's data set or network is not the checkpoint's run's (DIR/config.json)."""
   exp = train.build_experiment(config)
-  manager = checkpoints.Checkpoints(workdir)
-  if manager.latest_step() is None:
+  workdir_lib.check_allowed_names(allow_config_change, config)
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):  # and write nothing into a workdir that is not a run's
     raise checkpoints.CheckpointError(
-        f"no checkpoint in {manager.directory}: train first (--mode=train, same --workdir)")
-  state = manager.restore(train.init_state(exp))
-  manager.close()
+        f"no checkpoint in {directory}: train first (--mode=train, same --workdir)")
+  workdir_lib.check_resume(workdir, config, allow_config_change, what="evaluating",
+                           fields=workdir_lib.SAME_RUN_FOR_EVAL)
+  manager = checkpoints.Checkpoints(workdir, create=False)
+  try:
+    if manager.latest_step() is None:
+      raise checkpoints.CheckpointError(
+          f"no checkpoint in {manager.directory}: train first (--mode=train, same --workdir)")
+    state = manager.restore_latest_intact(train.init_state(exp), move_aside=False)
+  finally:
+    manager.close()
   return exp, state
 
 
@@ -42,13 +54,12 @@ def _eval_key(config) -> jax.Array:
 
 
 def _write_json(path: str, result: dict) -> None:
-  with open(path, "w") as f:
-    json.dump(result, f, indent=2)
+  workdir_lib.atomic_write(path, json.dumps(result, indent=2))
 
 
-def evaluate(config, workdir: str) -> dict:
+def evaluate(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> dict:
   """Evaluates the latest checkpoint and writes DIR/eval/step_<step>.json; returns the result."""
-  exp, state = load(config, workdir)
+  exp, state = load(config, workdir, allow_config_change)
   return evaluate_state(exp, state, workdir)
 
 
@@ -122,9 +133,9 @@ def format_best(best: dict) -> str:
   return "\n".join(lines)
 
 
-def sample(config, workdir: str) -> str:
+def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> str:
   """Writes DIR/samples/step_<step>/ for every step count in config.sample.steps."""
-  exp, state = load(config, workdir)
+  exp, state = load(config, workdir, allow_config_change)
   step = int(state.step)
   v = exp.model.bind(exp.select_params(state, config.eval.params))
   out = os.path.join(workdir, "samples", f"step_{step}")
