@@ -154,10 +154,14 @@ def ours(objective: str, width: int, depth: int, batch: int) -> Variant:
   toy = data_lib.toy_dataset(config)
   holder = {"state": train.init_state(exp)}
   params = jax.tree.map(np.asarray, holder["state"].params)  # before the first step donates it
-  compiled = train.make_train_step(exp, toy).lower(holder["state"], None).compile()
+  step_fn = train.make_train_step(exp, toy)
+  # the jitted function itself (a wrapper passing extra arguments exposes it as `.jitted`)
+  jitted, extra = ((step_fn.jitted, (step_fn.frozen,)) if hasattr(step_fn, "jitted")
+                   else (step_fn, ()))
+  compiled = jitted.lower(holder["state"], None, *extra).compile()
 
   def step():
-    holder["state"], metrics = compiled(holder["state"], None)
+    holder["state"], metrics = compiled(holder["state"], None, *extra)
     return holder["state"], metrics
 
   return Variant(f"ours/{objective}", _timed(step), [("step", compiled)], params)
