@@ -183,17 +183,22 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
                      pretrained=frozen_field, gap=gap, step=state.step, train=True)
 
     (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
-    updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    if exp.project is not None:
-      params = exp.project(params)
-    ema = tuple(
-        jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, e_tree, params)
-        for d, e_tree in zip(decays, state.ema))
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+    def update(state, grads):
+      updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      if exp.project is not None:
+        params = exp.project(params)
+      ema = tuple(jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, e_tree, params)
+                  for d, e_tree in zip(decays, state.ema))
+      return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+
+    # A cond rather than a select over the whole state: a select keeps the old state alive to
+    # the end, and XLA then copies every donated buffer (36 copies of params and Adam moments,
+    # 12 MB, at the 512 x 5 MLP); under the cond the donated state is updated in place.
+    new = jax.lax.cond(finite, update, lambda state, grads: state, state, grads)
     metrics = dict(metrics, grad_norm=grad_norm, learning_rate=exp.schedule(state.step),
                    max_gap=gap)
     return new, metrics
