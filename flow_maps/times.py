@@ -137,9 +137,8 @@ def sample_h(key: Array, n: int, psd_h: str, dtype=jnp.float32) -> Array:
 
 def sample_off_diagonal_times(key: Array, n: int, gap: Array = 1.0, psd_h: str = "uniform",
                               dtype=jnp.float32) -> OffDiagonalTimes:
-  key_st, key_h = jax.random.split(key)
-  s, t = sample_triangle(key_st, n, gap, dtype)
-  return OffDiagonalTimes(s=s, t=t, h=sample_h(key_h, n, psd_h, dtype))
+  """The paper's off-diagonal times: `TimeDistribution('triangle')`."""
+  return TimeDistribution("triangle", psd_h).off_diagonal(key, n, None, gap=gap, dtype=dtype)
 
 
 # --------------------------------------------------------------------------- time distributions
