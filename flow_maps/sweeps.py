@@ -413,7 +413,7 @@ def collect(sweep: Sweep, root: str) -> Results:
       problems.append(problem)
     rows.append(row)
   # Config columns: what the sweep varies (known even for members that never ran) and whatever
-  # else differs between the resolved configs (objective.name for a config-file axis, ...).
+  # else differs between the resolved configs (objective.residual for a config-file axis, ...).
   declared = [{CONFIG_KEY: m.config + (f":{m.variant}" if m.variant else ""), **m.overrides}
               for m in members]
   config_columns = [k for k in declared[0] if k in varying_keys(declared)]
