@@ -37,10 +37,28 @@ class Stopped(BaseException):
 received: Optional[int] = None
 
 
+# Until `running()` (the start of `run.run`) nothing has been written: a signal then ends the
+# process at once. Raising instead would unwind whatever import was under way (jaxlib's among
+# them), and tearing down a half-initialised extension module can crash the interpreter
+# (seen: SIGSEGV for a SIGTERM 0.5 s into start-up).
+_starting = True
+
+
+def running() -> None:
+  """From now on a signal raises `Stopped`, for the run to save what it must and stop."""
+  global _starting
+  _starting = False
+
+
 def _raise_stopped(signum, frame):
   del frame
   global received
   received = signum
+  if _starting:
+    try:
+      print(stop_message(signum, "while starting"), file=sys.stderr, flush=True)
+    finally:
+      os._exit(128 + signum)
   raise Stopped(signum)
 
 

@@ -44,6 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str,
         allow_config_change: tuple[str, ...] = ()) -> int:
   """Returns the process exit code: 0 done, 1 the run failed, 2 bad input, 128 + signal when
   stopped by SIGTERM / SIGINT (during training, after saving a checkpoint)."""
+  cli.running()
   try:
     if mode in ("eval", "train_and_eval"):
       _check_eval_ready(config)  # before training: a long run must not end on a missing file
