@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from flow_maps import checkpoints, networks, validation
+from flow_maps import checkpoints, config_defaults, networks, validation
 from flow_maps import data as data_lib
 from flow_maps.flow_map import FlowMapModel
 
@@ -52,7 +52,11 @@ def load(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Pret
     _error(f"{workdir!r} is not a run's workdir (no config.json there)")
   try:
     with open(config_path) as f:
-      teacher_config = ml_collections.ConfigDict(json.load(f))
+      stored = json.load(f)
+    # Over today's defaults: a run written before a field existed (one that does not concern
+    # its network) is still a usable teacher; everything the run did store is kept as stored.
+    teacher_config = config_defaults.common()
+    teacher_config.update(stored)
     validation.validate(teacher_config)
   except (ValueError, json.JSONDecodeError) as e:
     _error(f"the config of {workdir!r} is not usable: {e}")

@@ -59,6 +59,19 @@ def test_loads_the_runs_own_network_and_weights(teacher):
     np.testing.assert_array_equal(a, np.asarray(b))
 
 
+def test_a_teacher_written_before_a_field_existed_loads(teacher, tmp_path):
+  """A run whose config.json lacks a field added since (here objective.dropout) is a usable
+  teacher: the missing field takes today's default, everything stored is kept."""
+  def drop(c):
+    del c["objective"]["dropout"]
+  old = _copy_with(teacher, tmp_path, drop)
+  assert "dropout" not in json.loads((old / "config.json").read_text())["objective"]
+  loaded = pretrained.load(_student(str(old)), (2,))
+  reference = pretrained.load(_student(str(teacher)), (2,))
+  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(reference.params)):
+    np.testing.assert_array_equal(a, b)
+
+
 def _copy_with(teacher, tmp_path, edit):
   """A copy of the teacher's workdir with its config.json edited."""
   copy = tmp_path / "copy"
