@@ -258,9 +258,8 @@ class Objective:
     if self.residual == "lagrangian":
       return lagrangian_residual(v, v_drive, s, t, x, self.stop_gradient)
     if self.residual == "eulerian":
-      b = (interpolant.time_derivative(s, x0, x1) if self.velocity == "conditional" else
-           _teacher_output(fm.velocity(v_drive, s, x), self.stop_gradient))
-      return eulerian_residual(v, None, s, t, x, self.stop_gradient, b=b,
+      b = interpolant.time_derivative(s, x0, x1) if self.velocity == "conditional" else None
+      return eulerian_residual(v, v_drive, s, t, x, self.stop_gradient, b=b,
                                tangent_normalization=self.tangent_normalization,
                                warmup=self.warmup(step))
     if self.residual == "progressive":
