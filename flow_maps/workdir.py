@@ -32,8 +32,10 @@ METRICS_FILE = "metrics.jsonl"
 
 # Field-path prefixes of a config (a prefix ends with "." or is a whole path). Changing one of
 # MEANING on resume makes another run: refused unless allowed by name. The MAY_CHANGE ones only
-# say how long, how often or how to evaluate. A field under neither (a field added later) counts
-# as MEANING: it is refused until someone decides.
+# say how long, how often or how to evaluate. A field under neither counts as MEANING: it is
+# refused until someone decides. A field the stored config lacks (added to the code since the run
+# started) is accepted, and recorded, when it holds its default of `config_defaults.common()`:
+# a new field's default is, by this project's rule, the behaviour the code had before it.
 MEANING = ("seed", "data.", "interpolant.", "model.", "objective.", "optim.", "train.batch_size",
            "train.ema_decays")
 MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
@@ -238,7 +240,8 @@ def check_resume(workdir: str, config, allowed: Iterable[str], *, what: str = "r
     return []
   allowed = set(allowed)
   changes = compare_configs(stored, config_as_json(config))
-  refuse = [c for c in changes if c.field not in allowed and (
+  added = _added_at_default(changes)
+  refuse = [c for c in changes if c.field not in allowed and c not in added and (
       changes_meaning(c.field) if fields is None else _matches(c.field, fields))]
   if refuse:
     raise ConfigError(
@@ -248,14 +251,27 @@ def check_resume(workdir: str, config, allowed: Iterable[str], *, what: str = "r
   return changes
 
 
+def _added_at_default(changes: list[Change]) -> list[Change]:
+  """The changes that only add a field the stored config lacks, at its common() default."""
+  from flow_maps import config_defaults
+  defaults = flatten(config_as_json(config_defaults.common()))
+  return [c for c in changes if c.old == _ABSENT and c.field in defaults
+          and c.new == defaults[c.field]]
+
+
 def record_config_changes(workdir: str, step: int, changes: list[Change]) -> None:
   """Appends one JSON line per change to DIR/config_changes.jsonl."""
   if not changes:
     return
+  added = _added_at_default(changes)
   with open(os.path.join(workdir, CHANGES_FILE), "a") as f:
     for c in changes:
-      # "allowed": a change of meaning, allowed by --allow_config_change; else "may_change".
-      kind = "allowed" if changes_meaning(c.field) else "may_change"
+      # "added": a field new to the code, at its default; "allowed": a change of meaning,
+      # allowed by --allow_config_change; else "may_change".
+      if c in added:
+        kind = "added"
+      else:
+        kind = "allowed" if changes_meaning(c.field) else "may_change"
       f.write(json.dumps({"step": step, "field": c.field, "old": c.old, "new": c.new,
                           "kind": kind, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
     f.flush()
