@@ -28,6 +28,10 @@ def common() -> ml_collections.ConfigDict:
   # Data: set by each dataset base.
   c.data = ml_collections.ConfigDict()
   c.data.name = ""
+  # Class-conditional training (`docs/method.md` §9): the dataset's labels go into the network,
+  # each replaced by the null label with probability label_dropout (the unconditional model).
+  c.data.conditional = False
+  c.data.label_dropout = 0.1
 
   # Interpolant I_t = alpha_t x0 + beta_t x1 with noise N(0, sigma0^2 I) (`docs/method.md` §1).
   c.interpolant = ml_collections.ConfigDict()
@@ -80,6 +84,17 @@ def common() -> ml_collections.ConfigDict:
   # term only) | all (the off-diagonal student too, with its own masks).
   c.objective.dropout = "diagonal"
 
+  # Guidance learned into the map (`docs/method.md` §9; needs data.conditional): the network also
+  # takes the guidance scale w, drawn per row uniformly from [w_min, w_max]; on `fraction` of the
+  # labelled diagonal rows its diagonal learns the guided velocity
+  # b^w = b(.|null) + w (b(.|c) - b(.|null)) from two teacher evaluations at w = 1, and every
+  # off-diagonal row distils the map of the teacher's diagonal at its own w.
+  c.guidance = ml_collections.ConfigDict()
+  c.guidance.learned = False
+  c.guidance.w_min = 0.0
+  c.guidance.w_max = 4.0
+  c.guidance.fraction = 0.5
+
   # Optimiser (optax).
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "radam"  # radam | adam
@@ -110,10 +125,17 @@ def common() -> ml_collections.ConfigDict:
   c.eval.steps = (1, 2, 4, 8, 16)  # numbers of flow-map steps
   c.eval.num_samples = 100_000
   c.eval.batch_size = 10_000
+  # Conditional runs: the class to generate (-1: every class, labels drawn uniformly) and the
+  # guidance scales w to evaluate at (the map at w with one call per step if guidance.learned;
+  # the ODE baseline with classifier-free guidance, two calls per step).
+  c.eval.label = -1
+  c.eval.guidance = (1.0,)
 
   c.sample = ml_collections.ConfigDict()
   c.sample.steps = (1, 2, 4, 8, 16)
   c.sample.num_samples = 10_000
+  c.sample.label = -1
+  c.sample.guidance = (1.0,)
   return c
 
 

@@ -19,7 +19,7 @@ with its parameters bound (`FlowMapModel.bind`), or a closed form in tests.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
@@ -29,6 +29,24 @@ from flow_maps.interpolants import per_sample
 
 Array = jax.Array
 VelocityField = Callable[[Array, Array, Array], Array]
+
+
+class Condition(NamedTuple):
+  """What a conditional network is told per row besides (s, t, x) (`docs/method.md` §9): the
+  label [B] int (the null label is the class count) and, if guidance is learned, the scale w [B].
+  A velocity field is bound to one Condition, so every derivative below is taken with the
+  condition held fixed."""
+
+  label: Array
+  guidance: Optional[Array] = None
+
+
+def guided_velocity(v_label: VelocityField, v_null: VelocityField, w: Array, t: Array,
+                    x: Array) -> Array:
+  """b^w_t(x) = b_t(x|null) + w (b_t(x|c) - b_t(x|null)), from two velocity fields bound to the
+  labels c and to the null label (classifier-free guidance, `docs/method.md` §9)."""
+  b_null = velocity(v_null, t, x)
+  return b_null + per_sample(w, x) * (velocity(v_label, t, x) - b_null)
 
 
 def flow_map(v: VelocityField, s: Array, t: Array, x: Array) -> Array:
@@ -113,13 +131,22 @@ class FlowMapModel:
   def learns_weight(self) -> bool:
     return bool(getattr(self.module, "learn_weight", False))
 
+  @property
+  def num_classes(self) -> int:
+    return int(getattr(self.module, "num_classes", 0))
+
+  @property
+  def learns_guidance(self) -> bool:
+    return bool(getattr(self.module, "learn_guidance", False))
+
   def init(self, key: Array, x: Array) -> Any:
     """Initial parameters, with the weight head's if the module learns one."""
     batch = x.shape[0]
     s = jnp.zeros((batch,), x.dtype)
+    condition = self.null_condition(batch, x.dtype)
 
     def both(module, s, t, x):
-      v = module(s, t, x, train=False)
+      v = module(s, t, x, train=False, **self._condition_kwargs(condition))
       if self.learns_weight:
         module.log_weight(s, t)
       return v
@@ -128,16 +155,41 @@ class FlowMapModel:
     return self.module.init({"params": params_key, "dropout": dropout_key}, s, s, x,
                             method=both)["params"]
 
-  def bind(self, params: Any, dropout_key: Optional[Array] = None) -> VelocityField:
-    """The velocity field (s, t, x) -> v_{s,t}(x) of these parameters.
+  def null_condition(self, batch: int, dtype=jnp.float32) -> Optional[Condition]:
+    """The null label (and w = 1) for every row; None for an unconditional network."""
+    if not self.num_classes:
+      return None
+    return Condition(jnp.full((batch,), self.num_classes, jnp.int32),
+                     jnp.ones((batch,), dtype) if self.learns_guidance else None)
+
+  def _condition_kwargs(self, condition: Optional[Condition]) -> dict:
+    if not self.num_classes:
+      if condition is not None:
+        raise ValueError("an unconditional network was given a condition")
+      return {}
+    if condition is None:
+      raise ValueError(f"this network is conditional ({self.num_classes} classes): bind it "
+                       "with a Condition")
+    kwargs = {"label": condition.label}
+    if self.learns_guidance:
+      if condition.guidance is None:
+        raise ValueError("this network learns guidance: its Condition needs a scale w")
+      kwargs["guidance"] = condition.guidance
+    return kwargs
+
+  def bind(self, params: Any, dropout_key: Optional[Array] = None,
+           condition: Optional[Condition] = None) -> VelocityField:
+    """The velocity field (s, t, x) -> v_{s,t}(x) of these parameters (under `condition`, one
+    per row, for a conditional network).
 
     With a dropout key the network runs in training mode (dropout on, the same mask for a primal
     and its tangents); without one it runs deterministically.
     """
+    kwargs = self._condition_kwargs(condition)
     if dropout_key is None:
-      return lambda s, t, x: self.module.apply({"params": params}, s, t, x, train=False)
+      return lambda s, t, x: self.module.apply({"params": params}, s, t, x, train=False, **kwargs)
     return lambda s, t, x: self.module.apply({"params": params}, s, t, x, train=True,
-                                             rngs={"dropout": dropout_key})
+                                             rngs={"dropout": dropout_key}, **kwargs)
 
   def log_weight(self, params: Any, s: Array, t: Array) -> Array:
     return self.module.apply({"params": params}, s, t, method=type(self.module).log_weight)

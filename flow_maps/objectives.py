@@ -85,6 +85,19 @@ def diagonal_residual(v: fm.VelocityField, t: Array, x0: Array, x1: Array,
   return squared_norm(fm.velocity(v, t, It) - target)
 
 
+def guided_diagonal_residual(v: fm.VelocityField, v_label: fm.VelocityField,
+                             v_null: fm.VelocityField, w: Array, guided: Array, t: Array,
+                             x0: Array, x1: Array, interpolant: Interpolant) -> Array:
+  """The diagonal with guidance learned (`docs/method.md` §9): on the rows where `guided` is true
+  R = |v_{t,t}(I_t) - sg b^w_t(I_t)|^2, b^w = b(.|null) + w (b(.|c) - b(.|null)) from the teacher
+  fields bound to the rows' labels and to the null label (both at w = 1); elsewhere flow
+  matching, R = |v_{t,t}(I_t) - dI_t|^2. `v` is bound to each row's own (label, w)."""
+  It = interpolant.interpolate(t, x0, x1)
+  b_w = sg(fm.guided_velocity(v_label, v_null, w, t, It))
+  target = jnp.where(per_sample(guided, x0), b_w, interpolant.time_derivative(t, x0, x1))
+  return squared_norm(fm.velocity(v, t, It) - target)
+
+
 def lagrangian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array, t: Array,
                         x: Array, stop_gradient: str = "teacher") -> Array:
   """LSD: R = |d/dt X_{s,t}(x) - sg[v_{t,t}(sg X_{s,t}(x))]|^2.
@@ -285,10 +298,59 @@ class Objective:
     return L
 
 
+@dataclasses.dataclass(frozen=True)
+class Conditioning:
+  """Labels and learned guidance (`docs/method.md` §9), static under jit.
+
+  Each row's label becomes the null label (index num_classes) with probability label_dropout.
+  With learned guidance every row also draws w uniformly from [w_min, w_max] (w = 1 on null rows,
+  where it has no effect); a `guided_fraction` of the diagonal rows learn b^w at their w, with
+  their label kept; the other diagonal rows are flow matching at w = 1.
+  """
+
+  num_classes: int
+  label_dropout: float = 0.1
+  learned_guidance: bool = False
+  w_min: float = 0.0
+  w_max: float = 4.0
+  guided_fraction: float = 0.5
+
+  def draw(self, key: Array, labels: Array, dtype) -> tuple[fm.Condition, Array]:
+    """(each row's condition after label dropout, and w when guidance is learned; the rows'
+    own w even where dropped), for labels [B]."""
+    key_drop, key_w = jax.random.split(key)
+    batch = labels.shape[0]
+    dropped = jax.random.uniform(key_drop, (batch,)) < self.label_dropout
+    label = jnp.where(dropped, self.num_classes, labels).astype(jnp.int32)
+    if not self.learned_guidance:
+      return fm.Condition(label), jnp.ones((batch,), dtype)
+    w = jax.random.uniform(key_w, (batch,), dtype, self.w_min, self.w_max)
+    return fm.Condition(label, jnp.where(dropped, jnp.ones_like(w), w)), w
+
+
+def conditioning_from_config(config: Any, num_classes: int) -> Optional[Conditioning]:
+  """The Conditioning of a config's data.conditional and guidance sections; None if
+  unconditional."""
+  if not config.data.get("conditional", False):
+    return None
+  g = config.guidance
+  return Conditioning(num_classes=num_classes, label_dropout=config.data.label_dropout,
+                      learned_guidance=g.learned, w_min=g.w_min, w_max=g.w_max,
+                      guided_fraction=g.fraction)
+
+
+def _rows(condition: Optional[fm.Condition], rows: Any) -> Optional[fm.Condition]:
+  """A condition's rows of one part of the layout (`rows`: Layout.split's first or second)."""
+  if condition is None:
+    return None
+  return fm.Condition(*(None if c is None else rows(c) for c in condition))
+
+
 def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
          objective: Objective, interpolant: Interpolant, teacher_params: Any = None,
          pretrained: Optional[fm.VelocityField] = None, gap: Array = 1.0, step: Array = 0,
-         train: bool = True) -> tuple[Array, dict[str, Array]]:
+         train: bool = True, labels: Optional[Array] = None,
+         conditioning: Optional[Conditioning] = None) -> tuple[Array, dict[str, Array]]:
   """The loss of one batch of data x1 [B, ...] and its metrics.
 
   Noise, times and dropout masks are drawn from `key` (`objective.dropout` says which terms
@@ -297,41 +359,65 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   off-diagonal rows by `objective.layout` (see `times.py`); the loss is the mean over all rows of
   the per-row loss. `teacher_params` defaults to the online `params`; `pretrained` is the frozen
   velocity field of `objective.velocity = 'pretrained'`; `gap` is the annealed largest t - s;
-  `step` the optimiser step (iCT's curriculum, sCM's warm-up).
+  `step` the optimiser step (iCT's curriculum, sCM's warm-up). A conditional run passes the
+  batch's `labels` [B] and its `conditioning` (label dropout and guidance, drawn from a key of
+  their own, so that the unconditional draws are unchanged).
   """
   if (objective.velocity == "pretrained") != (pretrained is not None):
     raise ValueError("objective.velocity: a pretrained velocity field is needed exactly when "
                      f"velocity='pretrained' (got velocity={objective.velocity!r})")
+  if (labels is None) != (conditioning is None):
+    raise ValueError("labels and conditioning go together: both or neither")
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
   key_dropout_diag, key_dropout_off = jax.random.split(key_dropout)  # independent masks
   dtype = x1.dtype
   batch = x1.shape[0]
   dimension = math.prod(x1.shape[1:])
   x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, dtype)
-  v_diag = model.bind(params, key_dropout_diag if train else None)
-  v = model.bind(params, key_dropout_off if train and objective.dropout == "all" else None)
   if teacher_params is None:
     teacher_params = params
   if objective.stop_gradient != "none":
     teacher_params = sg(teacher_params)
-  v_teacher = model.bind(teacher_params)
-  v_drive = v_teacher if pretrained is None else pretrained
   learned = objective.weighting == "learned"
 
   layout = objective.layout
   n_diag, n_off = layout.counts(batch)
   x0_d, x0_o = layout.split(x0)
   x1_d, x1_o = layout.split(x1)
+  cond_d = cond_o = None
+  if conditioning is not None:
+    key_cond, key_guided = jax.random.split(jax.random.fold_in(key, 0xC1A55))
+    condition, w_rows = conditioning.draw(key_cond, labels, dtype)
+    cond_d, cond_o = _rows(condition, lambda a: layout.split(a)[0]), _rows(
+        condition, lambda a: layout.split(a)[1])
   metrics = {}
   total = jnp.zeros((), jnp.float32)
 
   if n_diag:
     t = objective.times.diagonal(key_diag, n_diag, dtype)
-    R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained)
+    if conditioning is not None and conditioning.learned_guidance:
+      labels_d, w_d = layout.split(labels)[0], layout.split(w_rows)[0]
+      guided = jax.random.uniform(key_guided, (n_diag,)) < conditioning.guided_fraction
+      ones = jnp.ones_like(w_d)
+      student = fm.Condition(jnp.where(guided, labels_d, cond_d.label).astype(jnp.int32),
+                             jnp.where(guided, w_d, ones))
+      v_label = model.bind(teacher_params, condition=fm.Condition(labels_d, ones))
+      v_null = model.bind(teacher_params, condition=model.null_condition(n_diag, dtype))
+      R = guided_diagonal_residual(
+          model.bind(params, key_dropout_diag if train else None, student), v_label, v_null,
+          w_d, guided, t, x0_d, x1_d, interpolant)
+      metrics["guided_rows"] = jnp.mean(guided.astype(jnp.float32))
+    else:
+      v_diag = model.bind(params, key_dropout_diag if train else None, cond_d)
+      R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained)
     w = model.log_weight(params, t, t) if learned else None
     total += jnp.sum(objective.row_loss(R, dimension, log_weight=w))
     metrics["diagonal"] = jnp.mean(R)
   if n_off:
+    v = model.bind(params, key_dropout_off if train and objective.dropout == "all" else None,
+                   cond_o)
+    v_teacher = model.bind(teacher_params, condition=cond_o)
+    v_drive = v_teacher if pretrained is None else pretrained
     times = objective.times.off_diagonal(key_off, n_off, interpolant, gap=gap, step=step,
                                          dtype=dtype)
     R = objective.off_diagonal_residual(v, v_teacher, v_drive, times, x0_o, x1_o, interpolant,

@@ -61,6 +61,7 @@ class Experiment:
   interpolant: interpolants.Interpolant
   data_shape: tuple[int, ...]
   mesh: Mesh
+  conditioning: Optional[objectives.Conditioning] = None  # labels and guidance; None: unconditional
 
   @property
   def replicated(self) -> NamedSharding:
@@ -105,6 +106,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                                config.interpolant.sigma0),
       data_shape=shape,
       mesh=mesh,
+      conditioning=objectives.conditioning_from_config(config, data_lib.num_classes(config)),
   )
 
 
@@ -169,8 +171,14 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
   def step_fn(state: TrainState, x1: Optional[jax.Array], frozen: Any):
     key = jax.random.fold_in(state.rng, state.step)
     key_data, key_loss = jax.random.split(key)
+    conditional = {}
     if toy_dataset is not None:
-      x1 = toy_dataset.sample(key_data, batch_size)
+      if exp.conditioning is None:
+        x1 = toy_dataset.sample(key_data, batch_size)
+      else:  # the same draws, with the labels
+        x1, labels = toy_dataset.sample_labelled(key_data, batch_size)
+        conditional = dict(labels=jax.lax.with_sharding_constraint(labels, exp.batch_sharding),
+                           conditioning=exp.conditioning)
     x1 = jax.lax.with_sharding_constraint(x1, exp.batch_sharding)
     teacher_params = None if teacher == "online" else exp.select_params(state, teacher)
     gap = times.max_gap(state.step, anneal_start, anneal_steps)
@@ -180,7 +188,8 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
     def batch_loss(params):
       return loss_fn(exp.model, params, x1, key_loss, objective=exp.objective,
                      interpolant=exp.interpolant, teacher_params=teacher_params,
-                     pretrained=frozen_field, gap=gap, step=state.step, train=True)
+                     pretrained=frozen_field, gap=gap, step=state.step, train=True,
+                     **conditional)
 
     (loss, metrics), grads = jax.value_and_grad(batch_loss, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)

@@ -112,6 +112,64 @@ def _step_counts(field: str, steps, *, allow_empty: bool) -> None:
     _fail(field, f"must be {kind}, got {steps!r}")
 
 
+def _scales(field: str, values) -> None:
+  if not isinstance(values, (tuple, list)) or not values or not all(
+      isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+      for w in values):
+    _fail(field, f"must be a non-empty tuple of guidance scales, got {values!r}")
+
+
+def _conditioning(config) -> None:
+  """Labels, label dropout and learned guidance (`docs/method.md` §9)."""
+  conditional = _require(config, "data.conditional")
+  if not isinstance(conditional, bool):
+    _fail("data.conditional", f"must be True or False, got {conditional!r}")
+  if conditional and config.data.name not in data_lib.LABELLED:
+    _fail("data.conditional", f"{config.data.name!r} carries no labels in this pipeline; "
+          f"labelled data sets: {', '.join(data_lib.LABELLED)}")
+  _number(config, "data.label_dropout", low=0.0)
+  if config.data.label_dropout >= 1.0:
+    _fail("data.label_dropout", f"must be < 1, got {config.data.label_dropout!r}")
+  if conditional and config.objective.velocity == "pretrained":
+    _fail("data.conditional", "distillation of a conditional teacher is not built yet: "
+          "objective.velocity='pretrained' trains unconditional maps only")
+  learned = _require(config, "guidance.learned")
+  if not isinstance(learned, bool):
+    _fail("guidance.learned", f"must be True or False, got {learned!r}")
+  _number(config, "guidance.w_min")
+  _number(config, "guidance.w_max", low=config.guidance.w_min)
+  _number(config, "guidance.fraction", low=0.0, high=1.0)
+  if learned:
+    if not conditional:
+      _fail("guidance.learned", "guidance needs labels: set data.conditional=True")
+    if config.objective.velocity != "self":
+      _fail("guidance.learned", "the guided velocity is built from the network's own diagonal, "
+            f"so it needs objective.velocity='self', got {config.objective.velocity!r}")
+    if not 0.0 < config.data.label_dropout:
+      _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
+  for section in ("eval", "sample"):
+    _number(config, f"{section}.label", low=-1, integer=True)
+    _scales(f"{section}.guidance", _require(config, f"{section}.guidance"))
+    label = config[section].label
+    if label >= 0 or tuple(config[section].guidance) != (1.0,):
+      if not conditional:
+        _fail(f"{section}.label" if label >= 0 else f"{section}.guidance",
+              "needs a conditional run (data.conditional=True)")
+      classes = data_lib.num_classes(config)
+      if label >= classes:
+        _fail(f"{section}.label", f"the data set has classes 0 to {classes - 1}, got {label}")
+    if section == "sample" and conditional and not learned and tuple(
+        config.sample.guidance) != (1.0,):
+      _fail("sample.guidance", "without guidance.learned the map learns w = 1 only (the "
+            f"guided ODE is in --mode=eval), got {tuple(config.sample.guidance)}")
+    if learned:
+      outside = [w for w in config[section].guidance
+                 if not config.guidance.w_min <= w <= config.guidance.w_max]
+      if outside:
+        _fail(f"{section}.guidance", f"{outside} lie outside the trained range "
+              f"[{config.guidance.w_min}, {config.guidance.w_max}] (guidance.w_min, w_max)")
+
+
 def ema_name(decay: float) -> str:
   return f"ema_{decay:g}"
 
@@ -170,6 +228,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           "(--config.objective.pretrained=DIR)" if not pretrained else
           f"set to {pretrained!r} but objective.velocity is {config.objective.velocity!r}, "
           "which does not use it")
+  _conditioning(config)
   _choice(config, "eval.sampler", sampling.SAMPLERS)
   if objective.times.single_time and config.eval.sampler != "consistency":
     _fail("eval.sampler", f"times={config.objective.times!r} trains the single-time map X_(s,1) "

@@ -36,14 +36,14 @@ METRICS_FILE = "metrics.jsonl"
 # refused until someone decides. A field the stored config lacks (added to the code since the run
 # started) is accepted, and recorded, when it holds its default of `config_defaults.common()`:
 # a new field's default is, by this project's rule, the behaviour the code had before it.
-MEANING = ("seed", "data.", "interpolant.", "model.", "objective.", "optim.", "train.batch_size",
-           "train.ema_decays")
+MEANING = ("seed", "data.", "interpolant.", "model.", "objective.", "guidance.", "optim.",
+           "train.batch_size", "train.ema_decays")
 MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints", "train.eval_every", "train.xla_optimization_level",
               "eval.", "sample.")
 # What eval and sample need to match the checkpoint's run: the data, the network (and the
 # interpolant it was trained for) and the parameter sets the checkpoint holds.
-SAME_RUN_FOR_EVAL = ("data.", "interpolant.", "model.", "train.ema_decays")
+SAME_RUN_FOR_EVAL = ("data.", "interpolant.", "model.", "guidance.learned", "train.ema_decays")
 
 
 class WorkdirError(RuntimeError):

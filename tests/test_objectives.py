@@ -520,9 +520,9 @@ class DropoutNetwork(nn.Module):
 class RecordingModel(fm.FlowMapModel):
   """A FlowMapModel that records the dropout key of every bind."""
 
-  def bind(self, params, dropout_key=None):
+  def bind(self, params, dropout_key=None, condition=None):
     self.keys.append(dropout_key)
-    return super().bind(params, dropout_key)
+    return super().bind(params, dropout_key, condition)
 
 
 @pytest.mark.parametrize("placement", ("diagonal", "all"))

@@ -16,13 +16,26 @@ IMAGE_DATASETS = ("cifar10", "celeba64", "digits", "mnist5k")
 DATASETS = TOY_DATASETS + IMAGE_DATASETS
 
 
+# Fields of config.data that are not parameters of the data set itself.
+NOT_DATASET_PARAMS = ("name", "conditional", "label_dropout")
+# The data sets whose labels the pipeline carries (data.conditional).
+LABELLED = TOY_DATASETS
+
+
+def num_classes(config: ml_collections.ConfigDict) -> int:
+  """The number of classes the network is conditioned on: 0 unless data.conditional."""
+  if not config.data.get("conditional", False):
+    return 0
+  return toy_dataset(config).num_classes
+
+
 def is_toy(config: ml_collections.ConfigDict) -> bool:
   return config.data.name in TOY_DATASETS
 
 
 def toy_dataset(config: ml_collections.ConfigDict):
   from flow_maps.data import toy2d
-  params = {k: v for k, v in config.data.items() if k != "name"}
+  params = {k: v for k, v in config.data.items() if k not in NOT_DATASET_PARAMS}
   return toy2d.get_toy_dataset(config.data.name, **params)
 
 

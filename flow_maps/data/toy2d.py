@@ -23,15 +23,28 @@ Domain = tuple[tuple[float, float], tuple[float, float]]
 
 
 class Toy2D:
-  """Interface: `sample(key, n) -> [n, 2]` (jittable, static n), `log_density`, `domain`."""
+  """Interface: `sample(key, n) -> [n, 2]` (jittable, static n), `log_density`, `domain`;
+  labelled: `num_classes`, `sample_labelled(key, n) -> ([n, 2], [n] int32)` with the same draws
+  as `sample` (so `sample` is its first output, bitwise), and `label_of(x)`, the class whose
+  region holds x (-1 outside every class's region)."""
 
   name: str
 
   @property
-  def domain(self) -> Domain:
+  def num_classes(self) -> int:
     raise NotImplementedError
 
   def sample(self, key: Array, n: int) -> Array:
+    return self.sample_labelled(key, n)[0]
+
+  def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
+    raise NotImplementedError
+
+  def label_of(self, x: Array) -> Array:
+    raise NotImplementedError
+
+  @property
+  def domain(self) -> Domain:
     raise NotImplementedError
 
   def log_density(self, x: Array) -> Array:
@@ -75,12 +88,26 @@ class Checkerboard(Toy2D):
     h = self.half_width
     return ((-h, h), (-h, h))
 
+  @property
+  def num_classes(self) -> int:
+    """One class per even cell, numbered in the order of `cells`."""
+    return self.cells[0].shape[0]
+
   @functools.partial(jax.jit, static_argnums=(0, 2))
-  def sample(self, key: Array, n: int) -> Array:
+  def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
     lows, _ = self.cells
     cell_key, pos_key = jax.random.split(key)
     cell = jax.random.randint(cell_key, (n,), 0, lows.shape[0])
-    return jnp.asarray(lows)[cell] + self.side * jax.random.uniform(pos_key, (n, 2))
+    x = jnp.asarray(lows)[cell] + self.side * jax.random.uniform(pos_key, (n, 2))
+    return x, cell.astype(jnp.int32)
+
+  def label_of(self, x: Array) -> Array:
+    """The even cell holding x, as its class (-1 in an odd cell or outside the grid)."""
+    k = self.cells_per_side
+    ij = self.cell_index(x)
+    # Even cells in row-major (i, j) order: cell (i, j) is number (i k + j) // 2.
+    number = (ij[..., 0] * k + ij[..., 1]) // 2
+    return jnp.where(self.in_support(x), number, -1).astype(jnp.int32)
 
   def cell_index(self, x: Array) -> Array:
     """(i, j) of the grid cell holding x ([..., 2] -> [..., 2] int); outside the grid: -1 or k."""
@@ -131,12 +158,23 @@ class GaussianMixture(Toy2D):
     r = self.radius + 5 * self.std
     return ((-r, r), (-r, r))
 
+  @property
+  def num_classes(self) -> int:
+    """One class per component."""
+    return self.num_components
+
   @functools.partial(jax.jit, static_argnums=(0, 2))
-  def sample(self, key: Array, n: int) -> Array:
+  def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
     comp_key, noise_key = jax.random.split(key)
     comp = jax.random.randint(comp_key, (n,), 0, self.num_components)
-    return jnp.asarray(self.means)[comp] + self.std * jax.random.normal(
-        noise_key, (n, 2))
+    x = jnp.asarray(self.means)[comp] + self.std * jax.random.normal(noise_key, (n, 2))
+    return x, comp.astype(jnp.int32)
+
+  def label_of(self, x: Array) -> Array:
+    """The component whose mean is nearest x (the mode of its class)."""
+    x = jnp.asarray(x)
+    sq = jnp.sum((x[..., None, :] - jnp.asarray(self.means, x.dtype))**2, axis=-1)
+    return jnp.argmin(sq, axis=-1).astype(jnp.int32)
 
   @functools.partial(jax.jit, static_argnums=0)
   def log_density(self, x: Array) -> Array:

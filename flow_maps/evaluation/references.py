@@ -135,7 +135,13 @@ def _truncated_normal(alpha: Array, delta: Array) -> tuple[Array, Array, Array]:
 
 
 def boxes_velocity(lows: np.ndarray, highs: np.ndarray, interpolant: Interpolant) -> Velocity:
-  """Exact b_t(x) for x1 uniform on a union of disjoint boxes [lows_k, highs_k), [K, d] each.
+  """Exact b_t(x) for x1 uniform on a union of disjoint boxes (`_boxes`)."""
+  return jax.jit(_boxes(lows, highs, interpolant)[0])
+
+
+def _boxes(lows: np.ndarray, highs: np.ndarray, interpolant: Interpolant):
+  """(b_t(x), per-box b_t(x | box k) [B, K, d]) for x1 uniform on a union of disjoint boxes
+  [lows_k, highs_k), [K, d] each.
 
   Per box k and coordinate i, with u = (beta y - x) / (alpha sigma0) = -x0 / sigma0:
     alpha_ki = (beta lo_ki - x_i) / (alpha sigma0),
@@ -157,7 +163,7 @@ def boxes_velocity(lows: np.ndarray, highs: np.ndarray, interpolant: Interpolant
   which = np.stack([np.reshape(inv, (-1,)) for _, inv in per_axis], axis=-1).astype(np.int32)
   axis = np.arange(dim, dtype=np.int32)[None, :]
 
-  def velocity(t: Array, x: Array) -> Array:
+  def posterior(t: Array, x: Array):
     t = jnp.minimum(t, T_MAX)
     lo, hi = (jnp.asarray(intervals[..., j], x.dtype) for j in (0, 1))  # [d, U]
     a, b = per_sample(ip.alpha(t), x), per_sample(ip.beta(t), x)  # [B, 1]
@@ -168,11 +174,20 @@ def boxes_velocity(lows: np.ndarray, highs: np.ndarray, interpolant: Interpolant
     x1 = lo + (hi - lo) * ez
     log_z, eu, x1 = (f[:, axis, which] for f in (log_z + jnp.log(hi - lo), eu, x1))  # [B, K, d]
     w = jax.nn.softmax(jnp.sum(log_z, axis=-1), axis=-1)[..., None]  # [B, K, 1]
+    return t, w, eu, x1
+
+  def velocity(t: Array, x: Array) -> Array:
+    t, w, eu, x1 = posterior(t, x)
     e_x1 = jnp.sum(w * x1, axis=1)
     e_x0 = -sigma0 * jnp.sum(w * eu, axis=1)
     return per_sample(ip.dalpha(t), x) * e_x0 + per_sample(ip.dbeta(t), x) * e_x1
 
-  return jax.jit(velocity)
+  def per_box(t: Array, x: Array) -> Array:
+    """[B, K, d]: b_t(x | x1 in box k), the velocity of the data restricted to one box."""
+    t, _, eu, x1 = posterior(t, x)
+    return (ip.dalpha(t)[:, None, None] * (-sigma0 * eu) + ip.dbeta(t)[:, None, None] * x1)
+
+  return velocity, per_box
 
 
 def mixture_velocity(means: np.ndarray, std: float, log_weights: np.ndarray,
@@ -183,9 +198,14 @@ def mixture_velocity(means: np.ndarray, std: float, log_weights: np.ndarray,
   weights proportional to pi_k N(x; beta mu_k, c I). The same c for every component, so the
   weights only see the distances; std > 0 keeps c > 0 at t = 1.
   """
+  return jax.jit(_mixture(means, std, log_weights, interpolant)[0])
+
+
+def _mixture(means: np.ndarray, std: float, log_weights: np.ndarray, interpolant: Interpolant):
+  """(b_t(x), per-component b_t(x | component k) [B, K, d]) of the mixture."""
   ip = interpolant
 
-  def velocity(t: Array, x: Array) -> Array:
+  def posterior(t: Array, x: Array):
     mu, log_pi = jnp.asarray(means, x.dtype), jnp.asarray(log_weights, x.dtype)
     a, b = per_sample(ip.alpha(t), x), per_sample(ip.beta(t), x)  # [B, 1]
     da, db = per_sample(ip.dalpha(t), x), per_sample(ip.dbeta(t), x)
@@ -195,9 +215,13 @@ def mixture_velocity(means: np.ndarray, std: float, log_weights: np.ndarray,
     log_w = log_pi - jnp.sum(centred**2, axis=-1) / (2 * c)  # [B, K]
     w = jax.nn.softmax(log_w, axis=-1)[..., None]
     per_component = db[:, None] * mu + (dc / (2 * c))[:, None] * centred
+    return w, per_component
+
+  def velocity(t: Array, x: Array) -> Array:
+    w, per_component = posterior(t, x)
     return jnp.sum(w * per_component, axis=1)
 
-  return jax.jit(velocity)
+  return velocity, lambda t, x: posterior(t, x)[1]
 
 
 def exact_velocity(dataset: Toy2D, interpolant: Interpolant) -> Velocity:
@@ -207,6 +231,28 @@ def exact_velocity(dataset: Toy2D, interpolant: Interpolant) -> Velocity:
   if isinstance(dataset, GaussianMixture):
     return mixture_velocity(dataset.means, dataset.std, dataset.log_weights, interpolant)
   raise TypeError(f"no exact velocity for {type(dataset).__name__}")
+
+
+def guided_velocity(dataset: Toy2D, interpolant: Interpolant):
+  """The exact guided velocity b^w_t(x|c) = b_t(x) + w (b_t(x|c) - b_t(x)) of a labelled toy
+  dataset (`docs/method.md` §7, §9) as fn(t [B], x [B, d], label [B] int, w [B]); b(.|c) is the
+  velocity of class c's data alone (one component, one cell), b the unconditional one, and the
+  null label (the class count) gives b at any w."""
+  if isinstance(dataset, Checkerboard):
+    both, per_class = _boxes(*dataset.cells, interpolant)
+  elif isinstance(dataset, GaussianMixture):
+    both, per_class = _mixture(dataset.means, dataset.std, dataset.log_weights, interpolant)
+  else:
+    raise TypeError(f"no exact velocity for {type(dataset).__name__}")
+
+  def velocity(t: Array, x: Array, label: Array, w: Array) -> Array:
+    b = both(t, x)
+    k = dataset.num_classes
+    b_c = jnp.take_along_axis(per_class(t, x), jnp.minimum(label, k - 1)[:, None, None], axis=1)
+    b_c = jnp.where((label < k)[:, None], b_c[:, 0], b)
+    return b + per_sample(w, x) * (b_c - b)
+
+  return jax.jit(velocity)
 
 
 def _max_norm(y: Array) -> Array:
@@ -227,18 +273,19 @@ class ReferenceFlow:
   max_steps: int = 4096
 
   @functools.partial(jax.jit, static_argnums=0)
-  def flow_map(self, s: Array, t: Array, x: Array) -> Array:
+  def flow_map(self, s: Array, t: Array, x: Array, *args: Array) -> Array:
     """X_{s,t}(x) for s, t [B], x [B, d]: dx/dtau = b_tau(x) from tau = s to tau = t.
 
     Every sample runs on its own time interval, s > t backwards and s = t not at all, through
     one batched solve in r in [0, 1]: tau = s + r (t - s), dx/dr = (t - s) b_tau(x). The step
     size is shared and controlled by the worst sample (max norm), so every sample meets the
-    tolerance. Tsit5 with a PID controller.
+    tolerance. Tsit5 with a PID controller. `args` (per-sample arrays, a label and a guidance
+    scale for `guided_velocity`) are passed on to the velocity.
     """
     gap = per_sample(t - s, x)
 
-    def rhs(r, y, args):
-      return gap * self.velocity(s + r * (t - s), y)
+    def rhs(r, y, _):
+      return gap * self.velocity(s + r * (t - s), y, *args)
 
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(rhs), diffrax.Tsit5(), t0=0.0, t1=1.0, dt0=None, y0=x,
@@ -251,6 +298,12 @@ class ReferenceFlow:
     gap = per_sample(t - s, x)
     safe = jnp.where(gap == 0, 1.0, gap)
     return jnp.where(gap == 0, self.velocity(t, x), (self.flow_map(s, t, x) - x) / safe)
+
+
+@functools.lru_cache(maxsize=16)
+def guided_reference_flow(dataset: Toy2D, interpolant: Interpolant, **solver) -> ReferenceFlow:
+  """The reference flow of `guided_velocity`: its flow_map takes (label [B], w [B]) after x."""
+  return ReferenceFlow(guided_velocity(dataset, interpolant), **solver)
 
 
 @functools.lru_cache(maxsize=16)

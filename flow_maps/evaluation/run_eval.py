@@ -67,12 +67,30 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
   """Evaluates a train state and writes DIR/eval/step_<step>.json; returns the result."""
   config = exp.config
   step = int(state.step)
-  v = exp.model.bind(exp.select_params(state, config.eval.params))
+  params = exp.select_params(state, config.eval.params)
   out = os.path.join(workdir, "eval", f"step_{step}")
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  if data_lib.is_toy(config):
+  if exp.conditioning is not None:
     from flow_maps.evaluation import toy2d_eval
     dataset = data_lib.toy_dataset(config)
+    bind = lambda condition: exp.model.bind(params, condition=condition)
+    guided = dict(learned=exp.conditioning.learned_guidance, scales=tuple(config.eval.guidance),
+                  label=config.eval.label)
+    result = toy2d_eval.evaluate_guided(
+        bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
+        ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
+        batch_size=config.eval.batch_size, bins=config.eval.kl_bins, **guided)
+    table = toy2d_eval.format_guided_table(result)
+    figure = toy2d_eval.guided_figure_samples(bind, dataset, exp.interpolant,
+                                              key=_eval_key(config), **guided)
+    if jax.process_index() == 0:
+      toy2d_eval.plot_guided(figure, out + ".png", domain=dataset.domain,
+                             title=f"{config.objective.residual}, step {step}, "
+                                   f"{config.eval.params} weights")
+  elif data_lib.is_toy(config):
+    from flow_maps.evaluation import toy2d_eval
+    dataset = data_lib.toy_dataset(config)
+    v = exp.model.bind(params)
     result = toy2d_eval.evaluate(
         v, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
@@ -88,6 +106,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
                                     f"{config.eval.params} weights")
   else:
     from flow_maps.evaluation import image_eval
+    v = exp.model.bind(params)
     result = image_eval.evaluate(v, exp, config, key=_eval_key(config), workdir=workdir)
     table = image_eval.format_table(result)
   result = {"step": step, "params": config.eval.params, "objective": config.objective.residual,
@@ -137,11 +156,33 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
   """Writes DIR/samples/step_<step>/ for every step count in config.sample.steps."""
   exp, state = load(config, workdir, allow_config_change)
   step = int(state.step)
-  v = exp.model.bind(exp.select_params(state, config.eval.params))
+  params = exp.select_params(state, config.eval.params)
   out = os.path.join(workdir, "samples", f"step_{step}")
   os.makedirs(out, exist_ok=True)
-  if data_lib.is_toy(config):
+  if exp.conditioning is not None:
     from flow_maps import sampling
+    from flow_maps.evaluation import toy2d_eval
+    dataset = data_lib.toy_dataset(config)
+    count = config.sample.num_samples
+    noise = exp.interpolant.sigma0 * jax.random.normal(_eval_key(config),
+                                                       (count,) + exp.data_shape)
+    labels = toy2d_eval.eval_labels(dataset, config.sample.label,
+                                    jax.random.fold_in(_eval_key(config), 2), count)
+    which = "all" if config.sample.label < 0 else str(config.sample.label)
+    np.save(os.path.join(out, f"labels_{which}.npy"), labels)
+    for w in config.sample.guidance:
+      map_field, _ = toy2d_eval.guided_samplers(
+          lambda c: exp.model.bind(params, condition=c), dataset.num_classes,
+          exp.conditioning.learned_guidance, w)
+      if map_field is None:
+        raise ValueError(f"sample.guidance: the map learned w = 1 only (guidance.learned is "
+                         f"False), got {w:g}")
+      for n in config.sample.steps:
+        x = sampling.sample_flow_map(map_field(jax.numpy.asarray(labels)), noise, n)
+        np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))
+  elif data_lib.is_toy(config):
+    from flow_maps import sampling
+    v = exp.model.bind(params)
     sampler = sampling.map_sampler(config.eval.sampler, exp.interpolant)
     for n in config.sample.steps:
       noise = exp.interpolant.sigma0 * jax.random.normal(
@@ -150,6 +191,6 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
       np.save(os.path.join(out, f"n{n}.npy"), np.asarray(x, np.float32))
   else:
     from flow_maps.evaluation import image_eval
-    image_eval.write_samples(v, exp, config, out, key=_eval_key(config))
+    image_eval.write_samples(exp.model.bind(params), exp, config, out, key=_eval_key(config))
   print(f"samples of step {step} ({config.eval.params} weights) -> {out}", flush=True)
   return out

@@ -24,6 +24,7 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from flow_maps import flow_map as fm
@@ -37,17 +38,20 @@ Array = jax.Array
 PLOT_DOMAIN = ((-1.5, 1.5), (-1.5, 1.5))
 
 
-def _batched(fn, x: Array, batch_size: int, key: Optional[Array] = None) -> np.ndarray:
+def _batched(fn, x: Array, batch_size: int, key: Optional[Array] = None,
+             rows: tuple = ()) -> np.ndarray:
   """fn over x in batches of batch_size, the last one padded so that fn compiles once; with a
-  key, fn(chunk, key folded with the chunk's first row index)."""
+  key, fn(chunk, key folded with the chunk's first row index); `rows` are further per-row
+  arrays, chunked alongside x and passed after it."""
   out = []
   for start in range(0, x.shape[0], batch_size):
-    chunk = x[start:start + batch_size]
-    size = chunk.shape[0]
+    chunks = [np.asarray(a[start:start + batch_size]) for a in (x, *rows)]
+    size = chunks[0].shape[0]
     if size < batch_size and x.shape[0] > batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - size,) + chunk.shape[1:], chunk.dtype)])
-    y = fn(chunk) if key is None else fn(chunk, jax.random.fold_in(key, start))
-    out.append(np.asarray(y)[:size])
+      chunks = [np.concatenate([c, np.zeros((batch_size - size,) + c.shape[1:], c.dtype)])
+                for c in chunks]
+    args = chunks if key is None else [chunks[0], jax.random.fold_in(key, start), *chunks[1:]]
+    out.append(np.asarray(fn(*args))[:size])
   return np.concatenate(out)
 
 
@@ -70,19 +74,26 @@ def ode_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
 
 
 def reference_samples(dataset: Toy2D, interpolant: Interpolant, x0: Array,
-                      batch_size: int) -> np.ndarray:
-  """X_ref_{0,1}(x0): the exact velocity solved from noise (t = 0) to data (t = 1).
+                      batch_size: int, label: Optional[np.ndarray] = None,
+                      w: Optional[float] = None) -> np.ndarray:
+  """X_ref_{0,1}(x0): the exact velocity solved from noise (t = 0) to data (t = 1); with a label
+  per row and a guidance scale w, the exact guided velocity's (`references.guided_velocity`).
 
   The solve is the slowest part of a 2-D evaluation (about a minute for 10,000 points on 2 CPU
-  cores) and depends only on the dataset, the interpolant and x0, so its result is cached on
-  disk under `$FLOW_MAPS_CACHE` (default ~/.cache/flow_maps), keyed by a digest of all three and
-  the solver's settings: the members of a sweep with the same seed share one solve.
+  cores) and depends only on the dataset, the interpolant and x0 (and the labels and w), so its
+  result is cached on disk under `$FLOW_MAPS_CACHE` (default ~/.cache/flow_maps), keyed by a
+  digest of all of them and the solver's settings: the members of a sweep with the same seed
+  share one solve.
   """
-  flow = references.reference_flow(dataset, interpolant)
+  guided = label is not None
+  flow = (references.guided_reference_flow if guided else references.reference_flow)(
+      dataset, interpolant)
   x0 = np.asarray(x0)
-  key = hashlib.sha256(repr((dataclasses.asdict(dataset), interpolant.name, interpolant.sigma0,
-                             flow.rtol, flow.atol, x0.dtype.str, x0.shape)).encode()
-                       + x0.tobytes()).hexdigest()[:32]
+  extra = (np.asarray(label, np.int32), np.full(x0.shape[0], w, x0.dtype)) if guided else ()
+  described = (dataclasses.asdict(dataset), interpolant.name, interpolant.sigma0, flow.rtol,
+               flow.atol, x0.dtype.str, x0.shape) + (("guided", float(w)) if guided else ())
+  key = hashlib.sha256(repr(described).encode() + x0.tobytes()
+                       + (extra[0].tobytes() if guided else b"")).hexdigest()[:32]
   path = os.path.join(os.environ.get("FLOW_MAPS_CACHE",
                                      os.path.expanduser("~/.cache/flow_maps")),
                       "reference_maps", f"{key}.npy")
@@ -92,11 +103,11 @@ def reference_samples(dataset: Toy2D, interpolant: Interpolant, x0: Array,
     except (OSError, ValueError):
       pass  # a damaged cache entry is solved again and rewritten below
 
-  def solve(x):
+  def solve(x, *args):
     zeros = np.zeros(x.shape[0], x.dtype)
-    return flow.flow_map(zeros, zeros + 1, x)
+    return flow.flow_map(zeros, zeros + 1, x, *args)
 
-  out = _batched(solve, x0, batch_size)
+  out = _batched(solve, x0, batch_size, rows=extra)
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
@@ -138,6 +149,148 @@ def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, k
   result.update(flow_map_error_samples=m, ode_sampler=ode_sampler, sampler=sampler, num_samples=num_samples,
                 bins=bins, dataset=dataset.name)
   return result
+
+
+def eval_labels(dataset: Toy2D, label: int, key: Array, n: int) -> np.ndarray:
+  """The labels to generate: `label` for every sample, or (-1) every class, uniformly from key."""
+  if label >= 0:
+    return np.full((n,), label, np.int32)
+  return np.asarray(jax.random.randint(key, (n,), 0, dataset.num_classes), np.int32)
+
+
+def guided_samplers(bind, num_classes: int, learned: bool, w: float):
+  """(map field, ODE field) at guidance scale w, each a function of the labels [B] returning a
+  velocity field. `bind(condition)` binds the network to a `flow_map.Condition`.
+
+  The map: the network itself at (c, w) when guidance is learned (one call per step); without
+  learned guidance only w = 1, the conditional model (None otherwise). The ODE: classifier-free
+  guidance on the diagonal, b^w = b(.|null) + w (b(.|c) - b(.|null)), two calls per step."""
+  def condition(label, scale):
+    return fm.Condition(label, jnp.full(label.shape, scale, jnp.float32) if learned else None)
+
+  def ode_field(label):
+    v_label = bind(condition(label, 1.0))
+    v_null = bind(condition(jnp.full_like(label, num_classes), 1.0))
+    return lambda s, t, x: fm.guided_velocity(v_label, v_null, jnp.full(label.shape, w, x.dtype),
+                                              t, x)
+
+  if learned or w == 1.0:
+    return (lambda label: bind(condition(label, w if learned else 1.0))), ode_field
+  return None, ode_field
+
+
+def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
+                    learned: bool, scales=(1.0,), label: int = -1, steps=(1, 2, 4, 8, 16),
+                    ode_steps=(16,), num_samples: int = 100_000, batch_size: int = 10_000,
+                    bins: int = kl_lib.DEFAULT_BINS, flow_map_error_samples: int = 10_000,
+                    ode_sampler: str = "heun") -> dict:
+  """A conditional model per guidance scale w (`docs/method.md` §9), from one draw of noise
+  and labels: for the N-step map at w and the guided ODE, the error against the exact guided
+  map X^w_{0,1} (`references.guided_velocity`, solved per label), the fraction of samples whose
+  class region (their component's mode, their cell) is their label's, and the KL against the
+  data (which guidance is expected to move away from for w != 1).
+
+  Returns {"guidance": {"w": {"flow_map_error", "class_fraction", "kl", "ode_flow_map_error",
+  "ode_class_fraction", "ode_kl"}}, "label", ...}; the top level also has the w = 1 map's "kl"
+  and "flow_map_error" when 1 is among the scales, as unconditional results do.
+  """
+  noise_key, floor_key = jax.random.split(key)
+  x0 = np.asarray(sampling.noise(noise_key, num_samples, (2,), interpolant.sigma0))
+  labels = eval_labels(dataset, label, jax.random.fold_in(noise_key, 2), num_samples)
+  m = min(flow_map_error_samples, num_samples)
+  kl = functools.partial(kl_lib.histogram_kl, dataset=dataset, bins=bins)
+  label_of = jax.jit(dataset.label_of)
+
+  def measures(x, x_ref):
+    return (float(np.mean(np.sum((x[:m] - x_ref)**2, axis=-1))),
+            float(np.mean(np.asarray(label_of(x)) == labels)), kl(x))
+
+  result = {"guidance": {}}
+  for w in scales:
+    x_ref = reference_samples(dataset, interpolant, x0[:m], batch_size, labels[:m], w)
+    map_field, ode_field = guided_samplers(bind, dataset.num_classes, learned, w)
+    row = {"flow_map_error": {}, "class_fraction": {}, "kl": {}, "ode_flow_map_error": {},
+           "ode_class_fraction": {}, "ode_kl": {}}
+    for n_steps in steps if map_field is not None else ():
+      x = _batched(jax.jit(lambda x, c, n=n_steps: sampling.sample_flow_map(map_field(c), x, n)),
+                   x0, batch_size, rows=(labels,))
+      (row["flow_map_error"][str(n_steps)], row["class_fraction"][str(n_steps)],
+       row["kl"][str(n_steps)]) = measures(x, x_ref)
+    for n_steps in ode_steps:
+      x = _batched(jax.jit(lambda x, c, n=n_steps: sampling.ODE_SAMPLERS[ode_sampler](
+          ode_field(c), x, n)), x0, batch_size, rows=(labels,))
+      (row["ode_flow_map_error"][str(n_steps)], row["ode_class_fraction"][str(n_steps)],
+       row["ode_kl"][str(n_steps)]) = measures(x, x_ref)
+    result["guidance"][f"{w:g}"] = row
+  if "1" in result["guidance"] and result["guidance"]["1"]["kl"]:
+    result["kl"] = result["guidance"]["1"]["kl"]
+    result["flow_map_error"] = result["guidance"]["1"]["flow_map_error"]
+  result["kl_noise_floor"] = kl_lib.kl_noise_floor(dataset, num_samples, floor_key, bins)
+  result.update(label=label, learned_guidance=learned, flow_map_error_samples=m,
+                ode_sampler=ode_sampler, num_samples=num_samples, bins=bins,
+                dataset=dataset.name)
+  return result
+
+
+def format_guided_table(result: dict) -> str:
+  """One row per (w, sampler): flow-map error against the exact guided map, class fraction, KL."""
+  label = "every class" if result["label"] < 0 else f"class {result['label']}"
+  lines = [f"{result['dataset']} guided ({label}): {result['num_samples']} samples, map error "
+           f"on {result['flow_map_error_samples']}; KL floor {result['kl_noise_floor']:.4f}",
+           f"{'w':>5} {'sampler':>10} {'map error':>11} {'class frac':>10} {'KL':>8}"]
+  for w, row in result["guidance"].items():
+    for prefix, name in (("", "map"), ("ode_", result["ode_sampler"])):
+      for n, error in row[prefix + "flow_map_error"].items():
+        lines.append(f"{w:>5} {name + ' ' + n:>10} {error:11.3e} "
+                     f"{row[prefix + 'class_fraction'][n]:10.3f} {row[prefix + 'kl'][n]:8.4f}")
+  return "\n".join(lines)
+
+
+def guided_figure_samples(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
+                          learned: bool, scales=(1.0,), label: int = -1, steps=(1, 4),
+                          num_samples: int = 20_000, batch_size: int = 10_000) -> dict:
+  """{w: {N: map samples, "exact": the exact guided map's samples}} from one draw of noise and
+  labels, for `plot_guided`."""
+  x0 = np.asarray(sampling.noise(key, num_samples, (2,), interpolant.sigma0))
+  labels = eval_labels(dataset, label, jax.random.fold_in(key, 2), num_samples)
+  out = {}
+  for w in scales:
+    map_field, _ = guided_samplers(bind, dataset.num_classes, learned, w)
+    panels = {}
+    for n in steps if map_field is not None else ():
+      panels[str(n)] = _batched(
+          jax.jit(lambda x, c, n=n: sampling.sample_flow_map(map_field(c), x, n)), x0,
+          batch_size, rows=(labels,))
+    panels["exact"] = reference_samples(dataset, interpolant, x0, batch_size, labels, w)
+    out[f"{w:g}"] = panels
+  return out
+
+
+def plot_guided(samples: dict, path: str, *, domain: Optional[Domain] = None, title: str = "",
+                bins: int = 100, margin: float = 0.1) -> None:
+  """A PNG with one row per guidance scale w: the N-step maps' samples, then the exact guided
+  map's, as 2-D histograms on fixed axes."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+
+  box = [(lo - margin * (hi - lo), hi + margin * (hi - lo)) for lo, hi in (domain or PLOT_DOMAIN)]
+  columns = max(len(panels) for panels in samples.values())
+  fig = Figure(figsize=(2.6 * columns, 2.8 * len(samples)))
+  FigureCanvasAgg(fig)
+  if title:
+    fig.suptitle(title)
+  for r, (w, panels) in enumerate(samples.items()):
+    for c, (name, x) in enumerate(panels.items()):
+      ax = fig.add_subplot(len(samples), columns, r * columns + c + 1)
+      x = np.asarray(x)
+      counts, _, _ = np.histogram2d(x[:, 0], x[:, 1], bins=bins, range=box)
+      ax.imshow(counts.T, origin="lower", extent=(*box[0], *box[1]), cmap="magma",
+                interpolation="nearest", aspect="equal")
+      ax.set_title(f"w = {w}, " + ("exact" if name == "exact" else f"N = {name}"))
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
 
 
 def format_table(result: dict) -> str:

@@ -2,6 +2,8 @@
 
 Each is a flax module called as `module(s, t, x, train=False) -> v_{s,t}(x)` with s, t of shape
 [B] and x of shape [B, ...]; a module with `learn_weight = True` also has `log_weight(s, t) -> [B]`.
+A conditional module (`num_classes` > 0) also takes `label=` [B] int (num_classes is the null
+label), and one with `learn_guidance` takes `guidance=` [B], the scale w (`docs/method.md` §9).
 `flow_map.FlowMapModel` derives everything else from that.
 """
 
@@ -30,13 +32,20 @@ def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
   model = config.model
   sigma0 = config.interpolant.sigma0
   learn_weight = config.objective.weighting == "learned"  # the head exists only when it is used
+  from flow_maps import data as data_lib
+  num_classes = data_lib.num_classes(config)
+  learn_guidance = bool(config.get("guidance", {}).get("learned", False))
   if model.name == "mlp":
     from flow_maps.networks import mlp
     out_dim = 1
     for d in data_shape:
       out_dim *= d
     return Network(mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
-                           learn_weight=learn_weight))
+                           learn_weight=learn_weight, num_classes=num_classes,
+                           learn_guidance=learn_guidance))
+  if num_classes or learn_guidance:
+    raise ValueError(f"model.name: class conditioning is built for the mlp only, got "
+                     f"{model.name!r}")
   if model.name == "unet":
     from flow_maps.networks import unet
     module = unet.unet_from_config(model, data_shape, sigma0, learn_weight)
