@@ -51,8 +51,10 @@ from flow_maps import objectives, pretrained, sampling, times, train  # noqa: E4
 
 sg = jax.lax.stop_gradient
 
-# The objectives compared: every named preset (`config_defaults.PRESETS`), each as published.
-VARIANTS = config_defaults.PRESETS
+# The objectives compared: every named preset (`config_defaults.PRESETS`), each as published,
+# and guidance learned into LSD's map (`docs/method.md` §9; 2-D data: labels of the checkerboard).
+GUIDED = {"lsd_guided": ("lsd", {"data.conditional": True, "guidance.learned": True})}
+VARIANTS = {**config_defaults.PRESETS, **GUIDED}
 # The per-sample vmap reference is written for the paper's four self-distillation objectives.
 VMAP_VARIANTS = ("flow_matching", "lsd", "esd", "psd_m", "psd_u")
 BASELINE = "flow_matching"
@@ -301,7 +303,11 @@ def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: 
 
 def variant_config(base, preset: str, batch: Optional[int], width: Optional[int],
                    depth: Optional[int], **objective_overrides):
+  preset, changes = GUIDED.get(preset, (preset, {}))
   c = config_defaults.with_preset(copy.deepcopy(base), preset)
+  for field, value in changes.items():
+    section, name = field.split(".")
+    c[section][name] = value
   for k, v in objective_overrides.items():
     c.objective[k] = v
   if c.objective.velocity == "pretrained":
