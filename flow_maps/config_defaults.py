@@ -94,6 +94,12 @@ def common() -> ml_collections.ConfigDict:
   c.guidance.w_min = 0.0
   c.guidance.w_max = 4.0
   c.guidance.fraction = 0.5
+  # MeanFlow's alternative (its paper's CFG, for objective.velocity='conditional'): one scale
+  # built into the conditional-velocity target, omega dI + kappa sg b(.|c) +
+  # (1 - omega - kappa) sg b(.|null) on labelled rows; the map (no w input) learns the guided
+  # flow of scale omega / (1 - kappa). 0: off.
+  c.guidance.fixed_omega = 0.0
+  c.guidance.fixed_kappa = 0.0
 
   # Optimiser (optax).
   c.optim = ml_collections.ConfigDict()

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -74,12 +74,16 @@ def _teacher_output(y: Array, stop_gradient: str) -> Array:
 
 def diagonal_residual(v: fm.VelocityField, t: Array, x0: Array, x1: Array,
                       interpolant: Interpolant,
-                      v_pretrained: Optional[fm.VelocityField] = None) -> Array:
+                      v_pretrained: Optional[fm.VelocityField] = None,
+                      guide: Optional[Callable[[Array, Array, Array], Array]] = None) -> Array:
   """Flow matching on s = t: R = |v_{t,t}(I_t) - dI_t|^2; with a pretrained velocity b,
-  velocity distillation R = |v_{t,t}(I_t) - sg b_t(I_t)|^2 (`docs/method.md` §8)."""
+  velocity distillation R = |v_{t,t}(I_t) - sg b_t(I_t)|^2 (`docs/method.md` §8); `guide`
+  (t, x, dI) -> target replaces dI by a guided target (`FixedGuidance`)."""
   It = interpolant.interpolate(t, x0, x1)
   if v_pretrained is None:
     target = interpolant.time_derivative(t, x0, x1)
+    if guide is not None:
+      target = guide(t, It, target)
   else:
     target = sg(fm.velocity(v_pretrained, t, It))
   return squared_norm(fm.velocity(v, t, It) - target)
@@ -263,15 +267,20 @@ class Objective:
 
   def off_diagonal_residual(self, v, v_teacher, v_drive, times: times_lib.OffDiagonalTimes,
                             x0: Array, x1: Array, interpolant: Interpolant,
-                            step: Array = 0) -> Array:
+                            step: Array = 0, guide=None) -> Array:
     """R per off-diagonal row; `v_drive` is the field whose diagonal drives the target (the
-    teacher itself, or a pretrained model)."""
+    teacher itself, or a pretrained model); `guide` (s, x, dI) -> target replaces the
+    conditional velocity dI by a guided one (`FixedGuidance`)."""
     s, t = times.s, times.t
     x = interpolant.interpolate(s, x0, x1)
     if self.residual == "lagrangian":
       return lagrangian_residual(v, v_drive, s, t, x, self.stop_gradient)
     if self.residual == "eulerian":
-      b = interpolant.time_derivative(s, x0, x1) if self.velocity == "conditional" else None
+      b = None
+      if self.velocity == "conditional":
+        b = interpolant.time_derivative(s, x0, x1)
+        if guide is not None:
+          b = guide(s, x, b)
       return eulerian_residual(v, v_drive, s, t, x, self.stop_gradient, b=b,
                                tangent_normalization=self.tangent_normalization,
                                warmup=self.warmup(step))
@@ -314,6 +323,32 @@ class Conditioning:
   w_min: float = 0.0
   w_max: float = 4.0
   guided_fraction: float = 0.5
+  # MeanFlow's guidance built into a conditional-velocity target (0: off): on labelled rows
+  # dI becomes omega dI + kappa sg b(.|c) + (1 - omega - kappa) sg b(.|null), from the
+  # teacher's diagonal; the map then learns the guided flow of scale omega / (1 - kappa).
+  fixed_omega: float = 0.0
+  fixed_kappa: float = 0.0
+
+  @property
+  def map_scale(self) -> float:
+    """The guidance scale the map learns without a w input: 1 (the conditional model), or
+    MeanFlow's effective omega / (1 - kappa)."""
+    if not self.fixed_omega:
+      return 1.0
+    return self.fixed_omega / (1.0 - self.fixed_kappa)
+
+  def fixed_guide(self, v_label: fm.VelocityField, v_null: fm.VelocityField, dropped: Array):
+    """The `guide` of MeanFlow's fixed guidance: (t, x, dI) -> omega dI + kappa sg b(x|c) +
+    (1 - omega - kappa) sg b(x|null) on labelled rows, dI on rows whose label was dropped."""
+    omega, kappa = self.fixed_omega, self.fixed_kappa
+
+    def guide(t, x, dI):
+      target = omega * dI + (1.0 - omega - kappa) * sg(fm.velocity(v_null, t, x))
+      if kappa:
+        target = target + kappa * sg(fm.velocity(v_label, t, x))
+      return jnp.where(per_sample(dropped, x), dI, target)
+
+    return guide
 
   def draw(self, key: Array, labels: Array, dtype) -> tuple[fm.Condition, Array]:
     """(each row's condition after label dropout, and w when guidance is learned; the rows'
@@ -336,7 +371,8 @@ def conditioning_from_config(config: Any, num_classes: int) -> Optional[Conditio
   g = config.guidance
   return Conditioning(num_classes=num_classes, label_dropout=config.data.label_dropout,
                       learned_guidance=g.learned, w_min=g.w_min, w_max=g.w_max,
-                      guided_fraction=g.fraction)
+                      guided_fraction=g.fraction, fixed_omega=g.fixed_omega,
+                      fixed_kappa=g.fixed_kappa)
 
 
 def _rows(condition: Optional[fm.Condition], rows: Any) -> Optional[fm.Condition]:
@@ -390,6 +426,17 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
     condition, w_rows = conditioning.draw(key_cond, labels, dtype)
     cond_d, cond_o = _rows(condition, lambda a: layout.split(a)[0]), _rows(
         condition, lambda a: layout.split(a)[1])
+
+  def fixed_guide(cond):
+    """MeanFlow's fixed-guidance target on these rows (None without it)."""
+    if conditioning is None or not conditioning.fixed_omega:
+      return None
+    rows = cond.label.shape[0]
+    return conditioning.fixed_guide(
+        model.bind(teacher_params, condition=cond),
+        model.bind(teacher_params, condition=model.null_condition(rows, dtype)),
+        cond.label == conditioning.num_classes)
+
   metrics = {}
   total = jnp.zeros((), jnp.float32)
 
@@ -409,7 +456,8 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
       metrics["guided_rows"] = jnp.mean(guided.astype(jnp.float32))
     else:
       v_diag = model.bind(params, key_dropout_diag if train else None, cond_d)
-      R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained)
+      R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained,
+                            guide=fixed_guide(cond_d))
     w = model.log_weight(params, t, t) if learned else None
     total += jnp.sum(objective.row_loss(R, dimension, log_weight=w))
     metrics["diagonal"] = jnp.mean(R)
@@ -421,7 +469,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
     times = objective.times.off_diagonal(key_off, n_off, interpolant, gap=gap, step=step,
                                          dtype=dtype)
     R = objective.off_diagonal_residual(v, v_teacher, v_drive, times, x0_o, x1_o, interpolant,
-                                        step)
+                                        step, guide=fixed_guide(cond_o))
     w = model.log_weight(params, times.s, times.t) if learned else None
     total += jnp.sum(objective.row_loss(R, dimension, times.weight, w))
     metrics[objective.residual] = jnp.mean(R)

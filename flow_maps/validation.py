@@ -147,11 +147,32 @@ def _conditioning(config) -> None:
             f"so it needs objective.velocity='self', got {config.objective.velocity!r}")
     if not 0.0 < config.data.label_dropout:
       _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
+  _number(config, "guidance.fixed_omega", low=0.0)
+  _number(config, "guidance.fixed_kappa", low=0.0)
+  fixed = config.guidance.fixed_omega or config.guidance.fixed_kappa
+  map_scale = 1.0
+  if fixed:
+    if not config.guidance.fixed_omega:
+      _fail("guidance.fixed_kappa", "needs guidance.fixed_omega > 0")
+    if config.guidance.fixed_kappa >= 1.0:
+      _fail("guidance.fixed_kappa", f"must be < 1, got {config.guidance.fixed_kappa!r}")
+    if not conditional:
+      _fail("guidance.fixed_omega", "guidance needs labels: set data.conditional=True")
+    if learned:
+      _fail("guidance.fixed_omega", "a fixed scale and guidance.learned exclude each other")
+    if config.objective.velocity != "conditional" or config.objective.residual not in (
+        "eulerian", "diagonal"):
+      _fail("guidance.fixed_omega", "MeanFlow's fixed guidance changes the conditional-velocity "
+            "target: it needs objective.velocity='conditional' with the eulerian or diagonal "
+            f"residual, got {config.objective.velocity!r} with {config.objective.residual!r}")
+    if not 0.0 < config.data.label_dropout:
+      _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
+    map_scale = config.guidance.fixed_omega / (1.0 - config.guidance.fixed_kappa)
   for section in ("eval", "sample"):
     _number(config, f"{section}.label", low=-1, integer=True)
     _scales(f"{section}.guidance", _require(config, f"{section}.guidance"))
     label = config[section].label
-    if label >= 0 or tuple(config[section].guidance) != (1.0,):
+    if label >= 0 or tuple(config[section].guidance) != (map_scale,):
       if not conditional:
         _fail(f"{section}.label" if label >= 0 else f"{section}.guidance",
               "needs a conditional run (data.conditional=True)")
@@ -159,9 +180,9 @@ def _conditioning(config) -> None:
       if label >= classes:
         _fail(f"{section}.label", f"the data set has classes 0 to {classes - 1}, got {label}")
     if section == "sample" and conditional and not learned and tuple(
-        config.sample.guidance) != (1.0,):
-      _fail("sample.guidance", "without guidance.learned the map learns w = 1 only (the "
-            f"guided ODE is in --mode=eval), got {tuple(config.sample.guidance)}")
+        config.sample.guidance) != (map_scale,):
+      _fail("sample.guidance", f"without guidance.learned the map learns w = {map_scale:g} "
+            f"only (the guided ODE is in --mode=eval), got {tuple(config.sample.guidance)}")
     if learned:
       outside = [w for w in config[section].guidance
                  if not config.guidance.w_min <= w <= config.guidance.w_max]

@@ -146,6 +146,13 @@ def test_label_dropout_and_guidance_draws():
      "sample.guidance: without guidance.learned the map learns w = 1 only"),
     ({"guidance.learned": False, "data.conditional": False, "eval.label": 3},
      "eval.label: needs a conditional run"),
+    ({"guidance.fixed_omega": 2.0}, "guidance.fixed_omega: a fixed scale and guidance.learned"),
+    ({"guidance.learned": False, "guidance.fixed_omega": 2.0, "sample.guidance": (2.0,)},
+     "guidance.fixed_omega: MeanFlow's fixed guidance changes the conditional-velocity target"),
+    ({"guidance.fixed_kappa": 0.5}, "guidance.fixed_kappa: needs guidance.fixed_omega > 0"),
+    ({"objective.velocity": "pretrained", "objective.residual": "lagrangian",
+      "objective.pretrained": "/runs/teacher", "guidance.learned": False},
+     "data.conditional: distillation of a conditional teacher is not built yet"),
 ])
 def test_conditioning_config_errors(change, message):
   c = guided_config()
@@ -194,3 +201,65 @@ def test_guided_training_approaches_the_exact_guided_maps(tmp_path):
   assert sorted(os.listdir(out)) == ["labels_2.npy", "n1_label_2_w0.npy", "n1_label_2_w4.npy"]
   x4 = np.load(os.path.join(out, "n1_label_2_w4.npy"))
   assert float(np.mean(np.asarray(dataset.label_of(x4)) == 2)) > 0.9
+
+
+def test_meanflow_fixed_guidance_target_has_the_guided_mean(x64):
+  """MeanFlow's fixed guidance: with the teacher's diagonal exact (b(.|null) the mixture's, and
+  b(.|c) already the guided b^W it converges to), the target omega dI + kappa b^W +
+  (1 - omega - kappa) b(.|null) has conditional mean b^W(x|c), W = omega / (1 - kappa), over
+  x1 | (I_t = x, c), which is Gaussian for one component: Monte Carlo within 4 standard errors;
+  a wrong W fails."""
+  ds = toy2d.GaussianMixture(std=0.25)
+  ip = interpolants.get_interpolant("linear", 0.75)
+  cond = obj.Conditioning(num_classes=8, fixed_omega=1.5, fixed_kappa=0.25)
+  W = cond.map_scale
+  assert W == 2.0
+  guided = references.guided_velocity(ds, ip)
+  n, draws = 16, 20_000
+  key = jax.random.PRNGKey(11)
+  kt, kx, kl, kz = jax.random.split(key, 4)
+  t = jax.random.uniform(kt, (n,), jnp.float64, 0.1, 0.9)
+  x = 0.9 * jax.random.normal(kx, (n, 2), jnp.float64)
+  label = jax.random.randint(kl, (n,), 0, 8)
+  mu = jnp.asarray(ds.means)[label]
+  # x1 | I_t = x for I_t = (1 - t) x0 + t x1, x0 ~ N(0, sigma0^2), x1 ~ N(mu, std^2).
+  a2 = ((1 - t) * ip.sigma0)**2
+  var = 1.0 / (1.0 / ds.std**2 + t**2 / a2)
+  mean = var[:, None] * (mu / ds.std**2 + (t / a2)[:, None] * x)
+  x1 = mean[None] + jnp.sqrt(var)[None, :, None] * jax.random.normal(kz, (draws, n, 2),
+                                                                     jnp.float64)
+  dI = (x1 - x[None]) / (1 - t)[None, :, None]  # x1 - x0 with x0 = (x - t x1) / (1 - t)
+  k = ds.num_classes
+  b_null = lambda s, tt, xx: guided(tt, xx, jnp.full((n,), k), jnp.ones((n,)))
+  b_W = lambda s, tt, xx: guided(tt, xx, label, jnp.full((n,), W))
+  guide = cond.fixed_guide(b_W, b_null, jnp.zeros((n,), bool))
+  targets = jax.vmap(lambda d: guide(t, x, d))(dI)
+  mc, se = targets.mean(0), targets.std(0) / np.sqrt(draws)
+  assert float(jnp.max(jnp.abs(mc - b_W(t, t, x)) / se)) < 4.5
+  wrong = guided(t, x, label, jnp.full((n,), 1.5))
+  assert float(jnp.max(jnp.abs(mc - wrong) / se)) > 10
+  # A dropped label keeps the plain conditional velocity.
+  dropped = cond.fixed_guide(b_W, b_null, jnp.ones((n,), bool))(t, x, dI[0])
+  np.testing.assert_array_equal(np.asarray(dropped), np.asarray(dI[0]))
+
+
+def test_meanflow_fixed_guidance_trains_and_evaluates_at_its_scale(tmp_path):
+  """The fixed-guidance config trains a few steps, its map is evaluated at W = 2 only (the ODE
+  at any w), and sampling at another w is a named config error."""
+  c = guided_config("gaussian_mixture_meanflow_guided", "smoke")
+  c.eval.guidance = (1.0, 2.0)
+  exp = train.build_experiment(c)
+  assert exp.conditioning.map_scale == 2.0
+  state, _ = train.train(c, str(tmp_path), exp=exp)
+  params = exp.select_params(state, c.eval.params)
+  result = toy2d_eval.evaluate_guided(
+      lambda cond: exp.model.bind(params, condition=cond), data_lib.toy_dataset(c),
+      exp.interpolant, key=jax.random.PRNGKey(0), learned=False, scales=(1.0, 2.0),
+      map_scale=2.0, steps=(1,), ode_steps=(2,), num_samples=500, batch_size=500,
+      flow_map_error_samples=100)["guidance"]
+  assert result["1"]["flow_map_error"] == {} and set(result["1"]["ode_flow_map_error"]) == {"2"}
+  assert np.isfinite(result["2"]["flow_map_error"]["1"])
+  c.sample.guidance = (1.0,)
+  with pytest.raises(validation.ConfigError, match="sample.guidance: without guidance.learned "
+                     "the map learns w = 2 only"):
+    validation.validate(c)

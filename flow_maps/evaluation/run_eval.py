@@ -75,7 +75,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
     dataset = data_lib.toy_dataset(config)
     bind = lambda condition: exp.model.bind(params, condition=condition)
     guided = dict(learned=exp.conditioning.learned_guidance, scales=tuple(config.eval.guidance),
-                  label=config.eval.label)
+                  label=config.eval.label, map_scale=exp.conditioning.map_scale)
     result = toy2d_eval.evaluate_guided(
         bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
@@ -173,10 +173,11 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
     for w in config.sample.guidance:
       map_field, _ = toy2d_eval.guided_samplers(
           lambda c: exp.model.bind(params, condition=c), dataset.num_classes,
-          exp.conditioning.learned_guidance, w)
+          exp.conditioning.learned_guidance, w, exp.conditioning.map_scale)
       if map_field is None:
-        raise ValueError(f"sample.guidance: the map learned w = 1 only (guidance.learned is "
-                         f"False), got {w:g}")
+        raise ValueError(f"sample.guidance: the map learned w = "
+                         f"{exp.conditioning.map_scale:g} only (guidance.learned is False), got "
+                         f"{w:g}")
       for n in config.sample.steps:
         x = sampling.sample_flow_map(map_field(jax.numpy.asarray(labels)), noise, n)
         np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))

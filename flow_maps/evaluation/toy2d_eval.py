@@ -158,29 +158,33 @@ def eval_labels(dataset: Toy2D, label: int, key: Array, n: int) -> np.ndarray:
   return np.asarray(jax.random.randint(key, (n,), 0, dataset.num_classes), np.int32)
 
 
-def guided_samplers(bind, num_classes: int, learned: bool, w: float):
+def guided_samplers(bind, num_classes: int, learned: bool, w: float, map_scale: float = 1.0):
   """(map field, ODE field) at guidance scale w, each a function of the labels [B] returning a
   velocity field. `bind(condition)` binds the network to a `flow_map.Condition`.
 
   The map: the network itself at (c, w) when guidance is learned (one call per step); without
-  learned guidance only w = 1, the conditional model (None otherwise). The ODE: classifier-free
-  guidance on the diagonal, b^w = b(.|null) + w (b(.|c) - b(.|null)), two calls per step."""
+  a w input only at the scale it learned, `map_scale` (1: the conditional model; MeanFlow's
+  fixed guidance: omega / (1 - kappa)), None otherwise. The ODE: classifier-free guidance on the
+  diagonal at w = 1 (or at the learned scale W), b(.|null) + (w / W) (b(.|c) - b(.|null)), two
+  calls per step."""
   def condition(label, scale):
     return fm.Condition(label, jnp.full(label.shape, scale, jnp.float32) if learned else None)
 
   def ode_field(label):
     v_label = bind(condition(label, 1.0))
     v_null = bind(condition(jnp.full_like(label, num_classes), 1.0))
-    return lambda s, t, x: fm.guided_velocity(v_label, v_null, jnp.full(label.shape, w, x.dtype),
-                                              t, x)
+    ratio = w if learned else w / map_scale
+    return lambda s, t, x: fm.guided_velocity(v_label, v_null,
+                                              jnp.full(label.shape, ratio, x.dtype), t, x)
 
-  if learned or w == 1.0:
+  if learned or w == map_scale:
     return (lambda label: bind(condition(label, w if learned else 1.0))), ode_field
   return None, ode_field
 
 
 def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
-                    learned: bool, scales=(1.0,), label: int = -1, steps=(1, 2, 4, 8, 16),
+                    learned: bool, scales=(1.0,), label: int = -1, map_scale: float = 1.0,
+                    steps=(1, 2, 4, 8, 16),
                     ode_steps=(16,), num_samples: int = 100_000, batch_size: int = 10_000,
                     bins: int = kl_lib.DEFAULT_BINS, flow_map_error_samples: int = 10_000,
                     ode_sampler: str = "heun") -> dict:
@@ -208,7 +212,7 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
   result = {"guidance": {}}
   for w in scales:
     x_ref = reference_samples(dataset, interpolant, x0[:m], batch_size, labels[:m], w)
-    map_field, ode_field = guided_samplers(bind, dataset.num_classes, learned, w)
+    map_field, ode_field = guided_samplers(bind, dataset.num_classes, learned, w, map_scale)
     row = {"flow_map_error": {}, "class_fraction": {}, "kl": {}, "ode_flow_map_error": {},
            "ode_class_fraction": {}, "ode_kl": {}}
     for n_steps in steps if map_field is not None else ():
@@ -247,7 +251,8 @@ def format_guided_table(result: dict) -> str:
 
 
 def guided_figure_samples(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
-                          learned: bool, scales=(1.0,), label: int = -1, steps=(1, 4),
+                          learned: bool, scales=(1.0,), label: int = -1,
+                          map_scale: float = 1.0, steps=(1, 4),
                           num_samples: int = 20_000, batch_size: int = 10_000) -> dict:
   """{w: {N: map samples, "exact": the exact guided map's samples}} from one draw of noise and
   labels, for `plot_guided`."""
@@ -255,7 +260,7 @@ def guided_figure_samples(bind, dataset: Toy2D, interpolant: Interpolant, *, key
   labels = eval_labels(dataset, label, jax.random.fold_in(key, 2), num_samples)
   out = {}
   for w in scales:
-    map_field, _ = guided_samplers(bind, dataset.num_classes, learned, w)
+    map_field, _ = guided_samplers(bind, dataset.num_classes, learned, w, map_scale)
     panels = {}
     for n in steps if map_field is not None else ():
       panels[str(n)] = _batched(
