@@ -34,6 +34,10 @@ FILES_DIGEST = "files.sha256"
 ORBAX_METADATA = "_CHECKPOINT_METADATA"
 
 
+# How often a reader lists the checkpoints again when the one it chose was deleted under it.
+GONE_RETRIES = 10
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint in the workdir cannot be restored into this run."""
 
@@ -81,6 +85,11 @@ def _files_of(step_dir: str) -> list[str]:
       if rel != FILES_DIGEST:
         files.append(rel)
   return sorted(files)
+
+
+class CheckpointGoneError(CorruptCheckpointError):
+  """The checkpoint's directory vanished while it was read: a live run replaced it (its
+  keep_checkpoints deleted the oldest). Not damage: the reader looks again."""
 
 
 class Checkpoints:
@@ -196,7 +205,17 @@ class Checkpoints:
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
     if not os.path.isdir(self.step_dir(step)):
-      raise CorruptCheckpointError(f"step {step}: {self.step_dir(step)} is gone")
+      raise CheckpointGoneError(f"step {step}: {self.step_dir(step)} is gone")
+    try:
+      return self._restore_present(target, step, verify, require_digest)
+    except (CheckpointError, OSError):
+      if not os.path.isdir(self.step_dir(step)):  # deleted under the read, not damaged
+        raise CheckpointGoneError(f"step {step}: {self.step_dir(step)} was deleted while it "
+                                  "was read") from None
+      raise
+
+  def _restore_present(self, target: Any, step: int, verify: bool,
+                       require_digest: Optional[bool]) -> Any:
     metadata = self.stored_metadata(step) if verify else None
     digest = (metadata or {}).get("digest")
     if verify and digest is None:
@@ -250,6 +269,15 @@ class Checkpoints:
     and file; if an older one is intact it is restored (and, with `move_aside`, the bad ones are
     moved to DIR/corrupt_checkpoints/ so that the run can write those steps again). With none
     intact, CorruptCheckpointError names them all and nothing is moved."""
+    for attempt in range(GONE_RETRIES):
+      try:
+        return self._restore_latest_intact(target, move_aside)
+      except CheckpointGoneError:
+        if attempt == GONE_RETRIES - 1:
+          raise
+        self._manager.reload()  # a live run replaced the checkpoint: list them again
+
+  def _restore_latest_intact(self, target: Any, move_aside: bool) -> Any:
     steps = self.all_steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
@@ -258,6 +286,8 @@ class Checkpoints:
     for step in reversed(steps):
       try:
         state = self.restore(target, step, require_digest=require_digest)
+      except CheckpointGoneError:
+        raise
       except CorruptCheckpointError as e:
         print(f"checkpoint error: {e}", file=sys.stderr, flush=True)
         bad.append((step, str(e)))
