@@ -272,29 +272,32 @@ class _StopRequest:
 
 
 class _MetricsLog:
-  """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events via clu."""
+  """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
+  (`summaries.ScalarWriter`, no TensorFlow import), both on the chief process only."""
 
   def __init__(self, workdir: str, resume_step: int):
-    from clu import metric_writers  # imports TensorFlow: only when training
+    from flow_maps import summaries
     self.is_chief = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.writer = None
     if self.is_chief:
       self._truncate_after(resume_step)
-    self.writer = metric_writers.create_default_writer(workdir, just_logging=not self.is_chief)
+      self.writer = summaries.ScalarWriter(workdir)
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines logged after the checkpoint we resume from: they will be logged again."""
     workdir_lib.truncate_metrics(self.path, step)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
-    self.writer.write_scalars(step, scalars)
     if self.is_chief:
+      self.writer.write_scalars(step, scalars)
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": step, **scalars}) + "\n")
 
   def close(self) -> None:
-    self.writer.flush()
-    self.writer.close()
+    if self.writer is not None:
+      self.writer.flush()
+      self.writer.close()
 
 
 def _format_duration(seconds: float) -> str:
