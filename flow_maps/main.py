@@ -44,7 +44,7 @@ def main(argv):
   except cli.InputError as e:
     cli.fail(str(e))
   if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax and clu are chatty at INFO
+    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO
     # Orbax logs the tracebacks of its failed background saves; the failure itself comes back
     # to us as an exception and is reported in one line (--verbosity=0 shows them again).
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
