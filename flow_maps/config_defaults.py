@@ -122,6 +122,10 @@ def common() -> ml_collections.ConfigDict:
   # XLA backend optimisation level of the train step; None: XLA's default. 0 compiles a UNet
   # step several times faster on CPU (minutes -> tens of seconds): worth it for short CPU runs.
   c.train.xla_optimization_level = ml_collections.config_dict.placeholder(int)
+  # A profiler trace of steps [profile_start, profile_start + profile_steps) into
+  # DIR/profile/ (TensorBoard's profile plugin, or Perfetto for its trace.json.gz); 0 steps: off.
+  c.train.profile_start = 10
+  c.train.profile_steps = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.params = "ema_0.9999"  # online | ema_<decay>

@@ -300,6 +300,32 @@ class _MetricsLog:
       self.writer.close()
 
 
+class _Profile:
+  """A profiler trace of steps [start, start + count) into DIR/profile/ (chief process only)."""
+
+  def __init__(self, workdir: str, start: int, count: int):
+    self.directory = os.path.join(workdir, "profile")
+    self.start, self.end = start, start + count
+    self.active = False
+    self.enabled = count > 0 and jax.process_index() == 0
+
+  def before(self, step: int) -> None:
+    if self.enabled and not self.active and self.start <= step < self.end:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.active and step >= self.end:
+      jax.block_until_ready(state)  # the traced steps' device work inside the trace
+      self.stop()
+
+  def stop(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      print(f"profile of steps {self.start} to {self.end - 1} -> {self.directory}", flush=True)
+
+
 def _format_duration(seconds: float) -> str:
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)
@@ -332,6 +358,10 @@ def write_run_files(exp: Experiment, workdir: str, state: TrainState,
   if pretrained is not None:
     info["pretrained"] = pretrained.info
   workdir_lib.atomic_write(os.path.join(workdir, "run_info.json"), json.dumps(info, indent=2))
+  from clu import parameter_overview  # a table of every parameter: name, shape, dtype, size
+  workdir_lib.atomic_write(os.path.join(workdir, "parameters.txt"),
+                           parameter_overview.get_parameter_overview(
+                               jax.device_get(state.params), include_stats=False) + "\n")
 
 
 def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainState:
@@ -440,10 +470,14 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
     print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
           f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
           f"{parameter_count(state.params):,} parameters", flush=True)
+  profile = _Profile(workdir, tc.profile_start, tc.profile_steps)
+  stack.callback(profile.stop)
   while step < tc.num_steps:
     batch = None if toy is not None else next(batches)
+    profile.before(step)
     state, metrics = step_fn(state, batch)
     step += 1
+    profile.after(step, state)
     pending.append((step, metrics))
     boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
                 or (tc.eval_every and step % tc.eval_every == 0))

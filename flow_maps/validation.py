@@ -268,6 +268,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _number(config, f"train.{field}", low=1, integer=True)
   _number(config, "train.eval_every", low=0, integer=True)
+  _number(config, "train.profile_start", low=0, integer=True)
+  _number(config, "train.profile_steps", low=0, integer=True)
   if config.train.get("xla_optimization_level") is not None:
     _number(config, "train.xla_optimization_level", low=0, integer=True)
   decays = _require(config, "train.ema_decays")

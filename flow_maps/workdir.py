@@ -40,7 +40,7 @@ MEANING = ("seed", "data.", "interpolant.", "model.", "objective.", "guidance.",
            "train.batch_size", "train.ema_decays")
 MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
               "train.keep_checkpoints", "train.eval_every", "train.xla_optimization_level",
-              "eval.", "sample.")
+              "train.profile_start", "train.profile_steps", "eval.", "sample.")
 # What eval and sample need to match the checkpoint's run: the data, the network (and the
 # interpolant it was trained for) and the parameter sets the checkpoint holds.
 SAME_RUN_FOR_EVAL = ("data.", "interpolant.", "model.", "guidance.learned", "train.ema_decays")

@@ -31,7 +31,8 @@ def test_scalars_read_back(tmp_path):
 
 def test_training_never_imports_tensorflow(tmp_path):
   """With a `tensorflow` package that raises on import first on the path, a checkerboard run
-  trains, logs and checkpoints, and TensorBoard reads its loss."""
+  trains, logs and checkpoints, and TensorBoard reads its loss; the same run writes its
+  parameter table and a profiler trace of the steps asked for."""
   blocker = tmp_path / "block" / "tensorflow"
   blocker.mkdir(parents=True)
   (blocker / "__init__.py").write_text("raise ImportError('tensorflow is blocked in this test')\n")
@@ -40,7 +41,13 @@ def test_training_never_imports_tensorflow(tmp_path):
   workdir = tmp_path / "run"
   r = subprocess.run([sys.executable, "-m", "flow_maps.main",
                       f"--config={ROOT}/configs/checkerboard_lsd.py:smoke", f"--workdir={workdir}",
-                      "--config.train.log_every=5"], cwd=ROOT, env=env, capture_output=True,
+                      "--config.train.log_every=5", "--config.train.profile_start=4",
+                      "--config.train.profile_steps=3"], cwd=ROOT, env=env, capture_output=True,
                      text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
   assert [s for s, _ in read_scalars(workdir, "loss")] == [5, 10, 15, 20]
+  table = (workdir / "parameters.txt").read_text()
+  assert "hidden_0/kernel" in table and "Total: 4,610" in table  # the smoke MLP: 2 x 64 on 4 inputs
+  traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
+  assert "profile of steps 4 to 6" in r.stdout
