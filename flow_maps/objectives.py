@@ -90,16 +90,14 @@ def diagonal_residual(v: fm.VelocityField, t: Array, x0: Array, x1: Array,
 
 
 def guided_diagonal_residual(v: fm.VelocityField, v_label: fm.VelocityField,
-                             v_null: fm.VelocityField, w: Array, guided: Array, t: Array,
-                             x0: Array, x1: Array, interpolant: Interpolant) -> Array:
-  """The diagonal with guidance learned (`docs/method.md` §9): on the rows where `guided` is true
-  R = |v_{t,t}(I_t) - sg b^w_t(I_t)|^2, b^w = b(.|null) + w (b(.|c) - b(.|null)) from the teacher
-  fields bound to the rows' labels and to the null label (both at w = 1); elsewhere flow
-  matching, R = |v_{t,t}(I_t) - dI_t|^2. `v` is bound to each row's own (label, w)."""
+                             v_null: fm.VelocityField, w: Array, t: Array, x0: Array, x1: Array,
+                             interpolant: Interpolant) -> Array:
+  """The guided diagonal (`docs/method.md` §9): R = |v_{t,t}(I_t) - sg b^w_t(I_t)|^2 with
+  b^w = b(.|null) + w (b(.|c) - b(.|null)) from the teacher fields bound to the rows' labels and
+  to the null label (both at w = 1); `v` is bound to each row's own (label, w)."""
   It = interpolant.interpolate(t, x0, x1)
   b_w = sg(fm.guided_velocity(v_label, v_null, w, t, It))
-  target = jnp.where(per_sample(guided, x0), b_w, interpolant.time_derivative(t, x0, x1))
-  return squared_norm(fm.velocity(v, t, It) - target)
+  return squared_norm(fm.velocity(v, t, It) - b_w)
 
 
 def lagrangian_residual(v: fm.VelocityField, v_teacher: fm.VelocityField, s: Array, t: Array,
@@ -313,8 +311,9 @@ class Conditioning:
 
   Each row's label becomes the null label (index num_classes) with probability label_dropout.
   With learned guidance every row also draws w uniformly from [w_min, w_max] (w = 1 on null rows,
-  where it has no effect); a `guided_fraction` of the diagonal rows learn b^w at their w, with
-  their label kept; the other diagonal rows are flow matching at w = 1.
+  where it has no effect); a `guided_fraction` of the diagonal rows (the first k of every period
+  of `guided_layout`, so the same share on every device) learn b^w at their w, with their label
+  kept; the other diagonal rows are flow matching at w = 1, with their label dropped or not.
   """
 
   num_classes: int
@@ -328,6 +327,11 @@ class Conditioning:
   # teacher's diagonal; the map then learns the guided flow of scale omega / (1 - kappa).
   fixed_omega: float = 0.0
   fixed_kappa: float = 0.0
+
+  @property
+  def guided_layout(self) -> times_lib.Layout:
+    """Which diagonal rows learn the guided velocity (`times.diagonal_layout` of the fraction)."""
+    return times_lib.diagonal_layout(self.guided_fraction)
 
   @property
   def map_scale(self) -> float:
@@ -422,8 +426,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   x1_d, x1_o = layout.split(x1)
   cond_d = cond_o = None
   if conditioning is not None:
-    key_cond, key_guided = jax.random.split(jax.random.fold_in(key, 0xC1A55))
-    condition, w_rows = conditioning.draw(key_cond, labels, dtype)
+    condition, w_rows = conditioning.draw(jax.random.fold_in(key, 0xC1A55), labels, dtype)
     cond_d, cond_o = _rows(condition, lambda a: layout.split(a)[0]), _rows(
         condition, lambda a: layout.split(a)[1])
 
@@ -443,17 +446,23 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   if n_diag:
     t = objective.times.diagonal(key_diag, n_diag, dtype)
     if conditioning is not None and conditioning.learned_guidance:
-      labels_d, w_d = layout.split(labels)[0], layout.split(w_rows)[0]
-      guided = jax.random.uniform(key_guided, (n_diag,)) < conditioning.guided_fraction
-      ones = jnp.ones_like(w_d)
-      student = fm.Condition(jnp.where(guided, labels_d, cond_d.label).astype(jnp.int32),
-                             jnp.where(guided, w_d, ones))
-      v_label = model.bind(teacher_params, condition=fm.Condition(labels_d, ones))
-      v_null = model.bind(teacher_params, condition=model.null_condition(n_diag, dtype))
-      R = guided_diagonal_residual(
-          model.bind(params, key_dropout_diag if train else None, student), v_label, v_null,
-          w_d, guided, t, x0_d, x1_d, interpolant)
-      metrics["guided_rows"] = jnp.mean(guided.astype(jnp.float32))
+      # Guided rows g (label kept, their w) and flow-matching rows f (label dropped or not, w = 1).
+      split = conditioning.guided_layout.split
+      (x0_g, x0_f), (x1_g, x1_f), (t_g, t_f) = split(x0_d), split(x1_d), split(t)
+      label_g, w_g = split(layout.split(labels)[0])[0], split(layout.split(w_rows)[0])[0]
+      label_f = split(cond_d.label)[1]
+      one_g, one_f = jnp.ones_like(w_g), jnp.ones(label_f.shape, dtype)
+      key_g = jax.random.fold_in(key_dropout_diag, 1) if train else None
+      R_g = guided_diagonal_residual(
+          model.bind(params, key_g, fm.Condition(label_g, w_g)),
+          model.bind(teacher_params, condition=fm.Condition(label_g, one_g)),
+          model.bind(teacher_params, condition=model.null_condition(label_g.shape[0], dtype)),
+          w_g, t_g, x0_g, x1_g, interpolant)
+      R_f = diagonal_residual(
+          model.bind(params, key_dropout_diag if train else None,
+                     fm.Condition(label_f, one_f)), t_f, x0_f, x1_f, interpolant)
+      R = conditioning.guided_layout.merge(R_g, R_f)
+      metrics["guided_diagonal"] = jnp.mean(R_g)
     else:
       v_diag = model.bind(params, key_dropout_diag if train else None, cond_d)
       R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained,

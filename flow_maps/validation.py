@@ -119,7 +119,7 @@ def _scales(field: str, values) -> None:
     _fail(field, f"must be a non-empty tuple of guidance scales, got {values!r}")
 
 
-def _conditioning(config) -> None:
+def _conditioning(config, num_devices: int) -> None:
   """Labels, label dropout and learned guidance (`docs/method.md` §9)."""
   conditional = _require(config, "data.conditional")
   if not isinstance(conditional, bool):
@@ -147,6 +147,18 @@ def _conditioning(config) -> None:
             f"so it needs objective.velocity='self', got {config.objective.velocity!r}")
     if not 0.0 < config.data.label_dropout:
       _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
+    if not 0.0 < config.guidance.fraction < 1.0:
+      _fail("guidance.fraction", "the diagonal needs guided rows and flow-matching rows: it must "
+            f"lie in (0, 1), got {config.guidance.fraction!r}")
+    try:
+      period = times.diagonal_layout(config.guidance.fraction).period
+    except ValueError as e:
+      _fail("guidance.fraction", str(e))
+    per_device_diagonal = objectives.from_config(config.objective).layout.counts(
+        config.train.batch_size // num_devices)[0]
+    if per_device_diagonal % period:
+      _fail("guidance.fraction", f"{config.guidance.fraction} of the {per_device_diagonal} "
+            f"diagonal rows per device is not whole: they must be a multiple of {period}")
   _number(config, "guidance.fixed_omega", low=0.0)
   _number(config, "guidance.fixed_kappa", low=0.0)
   fixed = config.guidance.fixed_omega or config.guidance.fixed_kappa
@@ -249,7 +261,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           "(--config.objective.pretrained=DIR)" if not pretrained else
           f"set to {pretrained!r} but objective.velocity is {config.objective.velocity!r}, "
           "which does not use it")
-  _conditioning(config)
   _choice(config, "eval.sampler", sampling.SAMPLERS)
   if objective.times.single_time and config.eval.sampler != "consistency":
     _fail("eval.sampler", f"times={config.objective.times!r} trains the single-time map X_(s,1) "
@@ -305,3 +316,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "sample.num_samples", low=1, integer=True)
   if "kl_bins" in config.eval:
     _number(config, "eval.kl_bins", low=1, integer=True)
+  _conditioning(config, num_devices)

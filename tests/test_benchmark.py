@@ -42,12 +42,13 @@ def test_vmap_reference_is_our_loss(variant):
 # sCM), 5 with a pretrained velocity (consistency distillation); iCT 3 student + 1 teacher = 4.
 # Distillation adds the pretrained velocity on every diagonal row, 1 pass there, counted here
 # as (eta / (1 - eta)) = 3 per off-diagonal row at eta = 0.75: LMD 7 + 3, EMD 8 + 3, PMD 5 + 3.
-# Learned guidance adds two teacher passes (label and null) on every diagonal row: LSD 7 + 6.
+# Learned guidance adds two teacher passes (label and null) on its guided half of the diagonal
+# rows: 3 x 2 x 0.5 = 3 per off-diagonal row, LSD 7 + 3.
 FLOORS = [("lsd", None, 7), ("psd_m", None, 5), ("psd_u", None, 5), ("esd", None, 8),
           ("esd", "teacher", 7), ("meanflow", None, 4), ("shortcut", None, 5),
           ("consistency_training", None, 4), ("consistency_training_discrete", None, 4),
           ("consistency_distillation", None, 5), ("lmd", None, 10), ("emd", None, 11),
-          ("pmd", None, 8), ("lsd_guided", None, 13)]
+          ("pmd", None, 8), ("lsd_guided", None, 10)]
 
 
 def test_objectives_cost_no_more_passes_than_their_floor():
