@@ -118,3 +118,133 @@ def test_cifar10_labels_are_the_records_labels_for_the_batch_indices(cifar_dir, 
     # on writing, so a record's position is not its generation index: hence the pixel above).
     np.testing.assert_array_equal(
         y, [int(dataset.source.records[int(i)]["label"]) for i in dataset.indices(step, 5)])
+
+
+# ------------------------------------------------------------------------------------------------
+# The UNet's class and guidance inputs.
+
+# The commit before class conditioning reached the UNet: its unconditional parameters and outputs
+# are the reference for today's.
+UNCONDITIONAL_UNET_COMMIT = "ae3092ed8c10bde4bd86e86da2642612d874e082"
+SHAPE = (8, 8, 1)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _compile(fn, *args):
+  import jax
+  return jax.jit(fn).lower(*args).compile(compiler_options=FAST_COMPILE)
+
+
+def _unet(module_lib, **fields):
+  arch = module_lib.unet_preset("tiny") | dict(model_channels=8)
+  return module_lib.UNet(img_resolution=SHAPE[0], img_channels=SHAPE[2], sigma0=0.5,
+                         learn_weight=True, **arch, **fields)
+
+
+def _with_gains(params, value=0.7):
+  """Every gain (0 at init, which makes v = 0) set to `value`."""
+  import jax
+  import jax.numpy as jnp
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf if path[-1].key == "weight" else jnp.full_like(leaf, value), params)
+
+
+def _inputs(batch=6):
+  rng = np.random.RandomState(0)
+  s = rng.uniform(0, 0.5, batch).astype(np.float32)
+  t = (s + rng.uniform(0, 0.5, batch)).astype(np.float32)
+  return s, t, rng.randn(batch, *SHAPE).astype(np.float32)
+
+
+def test_unconditional_unet_params_and_outputs_are_bitwise_those_before_conditioning(tmp_path):
+  import importlib.util
+  import os
+  import subprocess
+  import sys
+  import jax
+  from flow_maps.networks import unet
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shown = subprocess.run(["git", "show", f"{UNCONDITIONAL_UNET_COMMIT}:flow_maps/networks/unet.py"],
+                         cwd=root, capture_output=True, text=True)
+  if shown.returncode:
+    pytest.skip(f"the reference commit is not in this checkout: {shown.stderr.strip()}")
+  path = tmp_path / "unet_before.py"
+  path.write_text(shown.stdout)
+  spec = importlib.util.spec_from_file_location("unet_before", path)
+  before = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = before  # dataclasses look their module up while it is executed
+  try:
+    spec.loader.exec_module(before)
+  finally:
+    del sys.modules[spec.name]
+  assert "num_classes" not in before.UNet.__dataclass_fields__  # it is the old one
+  old, new = _unet(before), _unet(unet)
+  old_params, new_params = before.init_params(old, 3), unet.init_params(new, 3)
+  assert jax.tree.structure(old_params) == jax.tree.structure(new_params)
+  for a, b in zip(jax.tree.leaves(old_params), jax.tree.leaves(new_params)):
+    assert a.shape == b.shape and np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  params = _with_gains(new_params)
+  s, t, x = _inputs()
+  v_old = _compile(lambda p, s, t, x: old.apply({"params": p}, s, t, x), params, s, t, x)
+  v_new = _compile(lambda p, s, t, x: new.apply({"params": p}, s, t, x), params, s, t, x)
+  out_old, out_new = np.asarray(v_old(params, s, t, x)), np.asarray(v_new(params, s, t, x))
+  assert np.abs(out_new).max() > 1e-3  # not the zero output of the zero gains
+  assert out_old.tobytes() == out_new.tobytes()
+
+
+def test_conditional_unet_label_null_label_and_guidance_inputs():
+  import jax
+  import jax.numpy as jnp
+  from flow_maps import flow_map as fm
+  from flow_maps.networks import unet
+  module = _unet(unet, num_classes=10, learn_guidance=True)
+  model = fm.FlowMapModel(module)
+  params = _with_gains(unet.init_params(module, 0))
+  # The host initialiser draws the class and guidance embeddings too, in the module's own tree.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((2,) + SHAPE))
+  assert jax.tree.structure(shapes) == jax.tree.structure(params)
+  assert params["net"]["emb_label"]["weight"].shape == (11, 16)  # 10 classes and the null label
+  assert params["net"]["emb_guidance"]["weight"].shape == (8, 16)
+  s, t, x = _inputs()
+  f = _compile(lambda p, s, t, x, c, w: model.bind(p, condition=fm.Condition(c, w))(s, t, x),
+               params, s, t, x, np.zeros(6, np.int32), np.ones(6, np.float32))
+  v = lambda c, w: np.asarray(f(params, s, t, x, np.asarray(c, np.int32),
+                                np.asarray(w, np.float32)))
+  ones = np.ones(6)
+  base = v([3] * 6, ones)
+  assert base.shape == (6,) + SHAPE and base.dtype == np.float32 and np.isfinite(base).all()
+  differs = lambda a, b: np.abs(a - b).max() > 1e-4
+  assert differs(v([4] * 6, ones), base)  # another label
+  null = v([10] * 6, ones)
+  assert differs(null, base) and np.isfinite(null).all()  # the null label is a class of its own
+  assert differs(v([3] * 6, 2.5 * ones), base)  # w is an input
+  # Rows are independent: a row's label changes only that row.
+  mixed = v([3, 4, 3, 4, 3, 4], ones)
+  np.testing.assert_allclose(mixed[0::2], base[0::2], atol=1e-6)
+  assert differs(mixed[1::2], base[1::2])
+  # At w = 0 the label's embedding is the null label's: only w's own embedding tells them apart,
+  # and the null label's output does not depend on the label it replaced.
+  np.testing.assert_allclose(v([3] * 6, 0 * ones), v([10] * 6, 0 * ones), atol=1e-6)
+  with pytest.raises(ValueError, match="takes a label exactly when conditional"):
+    module.apply({"params": params}, s, t, x)
+  plain = _unet(unet)
+  with pytest.raises(ValueError, match="takes a label exactly when conditional"):
+    plain.apply({"params": unet.init_params(plain, 0)}, s, t, x, label=jnp.zeros(6, jnp.int32))
+
+
+def test_conditional_unet_without_guidance_has_no_guidance_input():
+  import jax
+  from flow_maps import flow_map as fm
+  from flow_maps.networks import unet
+  module = _unet(unet, num_classes=10)
+  params = _with_gains(unet.init_params(module, 0))
+  assert "emb_guidance" not in params["net"] and params["net"]["emb_label"]["weight"].shape[0] == 11
+  s, t, x = _inputs()
+  model = fm.FlowMapModel(module)
+  f = _compile(lambda p, c: model.bind(p, condition=fm.Condition(c))(s, t, x), params,
+               np.zeros(6, np.int32))
+  a, b = np.asarray(f(params, np.full(6, 2, np.int32))), np.asarray(f(params, np.full(6, 10, np.int32)))
+  assert np.isfinite(a).all() and np.abs(a - b).max() > 1e-4
+  with pytest.raises(ValueError, match="guidance scale exactly when it learns guidance"):
+    module.apply({"params": params}, s, t, x, label=np.zeros(6, np.int32),
+                 guidance=np.ones(6, np.float32))

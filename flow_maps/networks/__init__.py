@@ -43,11 +43,9 @@ def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
     return Network(mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
                            learn_weight=learn_weight, num_classes=num_classes,
                            learn_guidance=learn_guidance))
-  if num_classes or learn_guidance:
-    raise ValueError(f"model.name: class conditioning is built for the mlp only, got "
-                     f"{model.name!r}")
   if model.name == "unet":
     from flow_maps.networks import unet
-    module = unet.unet_from_config(model, data_shape, sigma0, learn_weight)
+    module = unet.unet_from_config(model, data_shape, sigma0, learn_weight, num_classes,
+                                   learn_guidance)
     return Network(module, unet.normalize_weights, lambda seed: unet.init_params(module, seed))
   raise ValueError(f"model.name: unknown network {model.name!r}; allowed: {NETWORKS}")
