@@ -158,6 +158,10 @@ def _conditioning(config) -> None:
       classes = data_lib.num_classes(config)
       if label >= classes:
         _fail(f"{section}.label", f"the data set has classes 0 to {classes - 1}, got {label}")
+      if section == "eval" and label >= 0 and not data_lib.is_toy(config):
+        _fail("eval.label", "image FID is against the whole training split, so its labels are "
+              f"drawn uniformly over the classes: leave it at -1, got {label} (sample.label "
+              "picks a class for --mode=sample)")
     if section == "sample" and conditional and not learned and tuple(
         config.sample.guidance) != (1.0,):
       _fail("sample.guidance", "without guidance.learned the map learns w = 1 only (the "
