@@ -305,3 +305,102 @@ def test_conditional_digits_train_steps_take_the_labels_and_give_finite_losses(o
     assert all(np.isfinite(v) for v in m.values()), m
     assert "guided_rows" in m and m["loss"] > 0
   assert np.abs(np.asarray(state.params["net"]["emb_label"]["weight"]) - initial).max() > 0
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory):
+  """A workdir holding a step-0 checkpoint of the conditional digits UNet (every gain set to 0.7,
+  so that the output depends on the label and w) and its run files: `--mode=sample` and
+  `--mode=eval` read it as they read a trained run's."""
+  from flow_maps import checkpoints, train
+  config = _conditional_digits_config()
+  config.eval.params = "online"
+  workdir = str(tmp_path_factory.mktemp("conditional"))
+  exp = train.build_experiment(config)
+  state = train.init_state(exp)
+  state = state.replace(params=_with_gains(state.params))
+  train.write_run_files(exp, workdir, state)
+  manager = checkpoints.Checkpoints(workdir)
+  manager.save(0, state)
+  manager.close()
+  return config, workdir
+
+
+def test_sample_mode_of_a_conditional_image_run_names_label_and_guidance(conditional_run):
+  import os
+  from flow_maps.evaluation import run_eval
+  config, workdir = conditional_run
+  out = run_eval.sample(config, workdir)
+  assert out == os.path.join(workdir, "samples", "step_0")
+  expected = {"labels_7.npy"} | {f"n{n}_label_7_w{w}.{ext}" for n in (1, 2) for w in ("0", "2.5")
+                                  for ext in ("npz", "png")}
+  assert set(os.listdir(out)) == expected
+  np.testing.assert_array_equal(np.load(os.path.join(out, "labels_7.npy")), np.full(4, 7))
+  samples = {w: np.load(os.path.join(out, f"n1_label_7_w{w}.npz"))["samples"] for w in ("0", "2.5")}
+  assert samples["0"].shape == (4, 8, 8, 1) and samples["0"].dtype == np.float32
+  assert np.abs(samples["0"] - samples["2.5"]).max() > 1e-4  # w reached the network
+
+
+def _stand_in_features(images):
+  return np.asarray(images)[..., 0].mean(axis=2)  # [B, W]: mean pixel rows
+
+
+def test_eval_of_a_conditional_image_run_scores_every_guidance_scale(conditional_run, tmp_path,
+                                                                     monkeypatch):
+  import json
+  import os
+  from flow_maps.evaluation import fid, image_eval, run_eval
+  config, workdir = conditional_run
+  reference = str(tmp_path / "reference.npz")
+  image_eval.reference_stats(config, reference, floor_count=16, features=_stand_in_features)
+  monkeypatch.setattr(fid, "check_weights", lambda path=None: "stand-in")
+  monkeypatch.setattr(fid, "feature_fn", lambda *args, **kwargs: _stand_in_features)
+  config = config.copy_and_resolve_references()
+  config.eval.fid_stats = reference
+  config.eval.steps = (1,)
+  config.eval.ode_steps = (1,)
+  result = run_eval.evaluate(config, workdir)
+  stored = json.load(open(os.path.join(workdir, "eval", "step_0.json")))
+  assert stored["guidance"].keys() == {"1", "3"} and result["learned_guidance"] is True
+  for w in ("1", "3"):
+    assert set(stored["guidance"][w]["fid"]) == {"1"} and set(stored["guidance"][w]["ode_fid"]) == {"1"}
+    assert all(np.isfinite(v) and v > 0 for v in stored["guidance"][w]["fid"].values())
+  assert stored["fid"] == stored["guidance"]["1"]["fid"]  # best.json reads the w = 1 row
+  assert stored["guidance"]["1"]["fid"]["1"] != stored["guidance"]["3"]["fid"]["1"]
+  assert "w" in image_eval.format_guided_table(result)
+
+
+def test_conditional_image_eval_without_learned_guidance_skips_the_map_at_w_other_than_1(tmp_path):
+  """A closed-form `bind` records what the evaluation asks of the network: no w ever, and the
+  map only at w = 1; the guided ODE at every w."""
+  import jax.numpy as jnp
+  from flow_maps import train
+  from flow_maps.evaluation import fid, image_eval
+  config = _conditional_digits_config()
+  config.guidance.learned = False
+  config.sample.guidance = (1.0,)
+  config.eval.guidance = (1.0, 3.0)
+  config.eval.steps = (1,)
+  config.eval.ode_steps = (1,)
+  exp = train.build_experiment(config)
+  reference = str(tmp_path / "reference.npz")
+  image_eval.reference_stats(config, reference, floor_count=16, features=_stand_in_features)
+  config.eval.fid_stats = reference
+
+  def bind(condition):
+    assert condition.guidance is None  # the map and the ODE both at w = 1's network
+    return lambda s, t, x: -x + 0.1 * condition.label.astype(x.dtype)[:, None, None, None]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(fid, "check_weights", lambda path=None: "stand-in")
+    patch.setattr(fid, "feature_fn", lambda *args, **kwargs: _stand_in_features)
+    result = image_eval.evaluate_guided(bind, exp, config, key=jax_key(), workdir=str(tmp_path))
+  assert result["guidance"]["3"]["fid"] == {} and set(result["guidance"]["3"]["ode_fid"]) == {"1"}
+  assert set(result["guidance"]["1"]["fid"]) == {"1"}
+  assert result["guidance"]["1"]["ode_fid"] != result["guidance"]["3"]["ode_fid"]
+  assert "at w = 1 only" in image_eval.format_guided_table(result)
+
+
+def jax_key():
+  import jax
+  return jax.random.PRNGKey(0)
