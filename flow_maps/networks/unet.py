@@ -26,9 +26,9 @@ Input and output scaling: v_{s,t}(x) = sigma0 * F(x / sigma0, s, t - s), with F 
 published code does the same with sigma_data = sigma0 = 0.5.
 
 Class labels (`num_classes` > 0, `docs/method.md` §9), EDM2's own path: the label's one-hot
-vector, scaled by sqrt(its length) to unit RMS, goes through an MPConv linear layer (so each class
-gets a unit-magnitude embedding, a column of the normalised weight), and is mp_sum'ed into the
-time embedding with balance 0.5 before the mp_silu. The null label (index num_classes) is its own
+vector, scaled by sqrt(its length) to unit RMS, goes through an MPConv linear layer (so class c's
+embedding is row c of the normalised weight, of unit magnitude on average), and is mp_sum'ed into
+the time embedding with balance 0.5 before the mp_silu. The null label (index num_classes) is its own
 one-hot row, not EDM2's all-zero vector: with zeros, mp_sum(emb, 0) would shrink the null rows'
 embedding by 1 / sqrt(2) and give the unconditional model a fixed, unlearned condition, while the
 rest of this code (`flow_map.Condition`, the MLP's embedding, label dropout) treats the null label
@@ -39,8 +39,10 @@ Learned guidance (`learn_guidance`): the scale w [B] moves the label's embedding
 line, mp_sum(e_null, e_c, t=w) = ((1 - w) e_null + w e_c) / sqrt((1 - w)^2 + w^2), the
 magnitude-preserving version of the MLP's e_null + w (e_c - e_null): w = 0 gives the null label's
 embedding (the unconditional velocity, which guidance at w = 0 is) and w = 1 the label's, from the
-first step. MP Fourier features of w through their own MPConv are mp_sum'ed into that (balance
-0.5), so that w is an input in its own right too. The condition then enters as above.
+first step (the null label's rows are always given w = 1, by label dropout and by the guided
+samplers, where this is e_null exactly). MP Fourier features of w (the times' bandwidth, their
+own constants) through their own MPConv are mp_sum'ed into that (balance 0.5), so that w is an
+input in its own right too. The condition then enters as above.
 Unconditional UNets (num_classes = 0) have none of these parameters and compute exactly what they
 did before.
 
