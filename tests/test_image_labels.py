@@ -406,3 +406,18 @@ def test_conditional_image_eval_without_learned_guidance_skips_the_map_at_w_othe
 def jax_key():
   import jax
   return jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data.name": "celeba64"}, "data.conditional: 'celeba64' carries no labels"),
+    ({"eval.label": 3}, "eval.label: image FID is against the whole training split"),
+])
+def test_conditional_image_config_errors(change, message):
+  from flow_maps import validation
+  config = _conditional_digits_config()
+  validation.validate(config)
+  for field, value in change.items():
+    section, name = field.split(".")
+    config[section][name] = value
+  with pytest.raises(validation.ConfigError, match=message):
+    validation.validate(config)
