@@ -14,11 +14,4 @@ def get_config(variant=None):
   c = config_defaults.with_preset(config_defaults.gaussian_mixture(variant), "lsd")
   c.data.std = 0.25
   c.interpolant.sigma0 = 0.75  # the data std per coordinate: sqrt(radius^2 / 2 + std^2)
-  c.data.conditional = True
-  c.data.label_dropout = 0.1
-  c.guidance.learned = True
-  c.guidance.w_min = 0.0
-  c.guidance.w_max = 4.0
-  c.eval.guidance = (0.0, 1.0, 2.0, 4.0)
-  c.sample.guidance = (0.0, 1.0, 2.0, 4.0)
-  return c
+  return config_defaults.with_learned_guidance(c)

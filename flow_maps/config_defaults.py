@@ -201,6 +201,20 @@ def with_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Con
   return c
 
 
+def with_learned_guidance(c: ml_collections.ConfigDict, w_min: float = 0.0, w_max: float = 4.0,
+                          scales=(0.0, 1.0, 2.0, 4.0),
+                          label_dropout: float = 0.1) -> ml_collections.ConfigDict:
+  """Sets `c` to class-conditional training with guidance learned into the map for w in
+  [w_min, w_max], evaluated and sampled at `scales` (`docs/method.md` §9)."""
+  c.data.conditional = True
+  c.data.label_dropout = label_dropout
+  c.guidance.learned = True
+  c.guidance.w_min, c.guidance.w_max = w_min, w_max
+  c.eval.guidance = tuple(scales)
+  c.sample.guidance = tuple(scales)
+  return c
+
+
 def _toy_2d(variant: str) -> ml_collections.ConfigDict:
   """The published 2-D setting (`docs/method.md` §5): MLP 5 x 512 GELU on [s, t, x / sigma0], batch
   100k, RAdam 1e-3, clip 10, 250k steps; and its demo and smoke variants."""

@@ -12,8 +12,11 @@ counts are Python ints, so they are jittable with the counts static, e.g.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from flow_maps import flow_map as fm
 
@@ -102,3 +105,44 @@ def map_sampler(name: str, interpolant=None):
   if name == "consistency":
     return lambda v, x0, steps, key: sample_consistency(v, x0, steps, interpolant, key)
   raise ValueError(f"eval.sampler: unknown value {name!r}; allowed: {SAMPLERS}")
+
+
+# --------------------------------------------------------------------------- conditional models
+
+
+def sample_labels(num_classes: int, label: int, key: Array, n: int) -> np.ndarray:
+  """The labels to generate: `label` for every sample, or (-1) every class, uniformly from key."""
+  if label >= 0:
+    return np.full((n,), label, np.int32)
+  return np.asarray(jax.random.randint(key, (n,), 0, num_classes), np.int32)
+
+
+def map_samples_at(learned: bool, w: float, map_scale: float = 1.0) -> bool:
+  """Whether a conditional map samples guidance scale w: any w if it takes w (learned
+  guidance), else only the scale it learned (1, or MeanFlow's omega / (1 - kappa))."""
+  return learned or w == map_scale
+
+
+def guided_fields(bind: Callable, num_classes: int, learned: bool, map_scale: float = 1.0):
+  """(map field, ODE field) of a conditional network, each (labels [B], w [B]) -> a velocity
+  field (`docs/method.md` §9); `bind(condition)` binds the network to a `flow_map.Condition`.
+
+  The map: the network at (c, w) when guidance is learned (one call per step); without a w
+  input its field ignores w and is only used where `map_samples_at`. The ODE: classifier-free
+  guidance on the diagonal, b(.|null) + (w / W) (b(.|c) - b(.|null)) from the fields of c and of
+  the null label at w = 1, W = 1 with learned guidance, else `map_scale` (the scale the
+  diagonal at c learned); two calls per step."""
+  def condition(label, w):
+    return fm.Condition(label, w if learned else None)
+
+  def map_field(label, w):
+    return bind(condition(label, w))
+
+  def ode_field(label, w):
+    ones = jnp.ones(label.shape, jnp.float32)
+    v_label = bind(condition(label, ones))
+    v_null = bind(condition(jnp.full_like(label, num_classes), ones))
+    ratio = w if learned else w / map_scale
+    return lambda s, t, x: fm.guided_velocity(v_label, v_null, ratio.astype(x.dtype), t, x)
+
+  return map_field, ode_field

@@ -154,7 +154,9 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
                     ) -> Callable[[TrainState, Optional[jax.Array]], tuple[TrainState, dict]]:
   """The jitted step `(state, batch) -> (state, metrics)`.
 
-  With a toy dataset the batch is drawn inside the step from the step's key (pass None).
+  With a toy dataset the batch is drawn inside the step from the step's key (pass None). Image
+  batches are x1 [B, H, W, C], or for a conditional run (`exp.conditioning`) the pair
+  (x1, labels [B] int32), both sharded along the batch.
   `pretrained` is the frozen teacher of objective.velocity = 'pretrained'; its parameters are an
   argument of the compiled step, never a constant folded into it. `loss_fn` has the signature of
   `objectives.loss` (the benchmark passes its reference there).
@@ -179,6 +181,10 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
         x1, labels = toy_dataset.sample_labelled(key_data, batch_size)
         conditional = dict(labels=jax.lax.with_sharding_constraint(labels, exp.batch_sharding),
                            conditioning=exp.conditioning)
+    elif exp.conditioning is not None:  # images with their labels, from the host
+      x1, labels = x1
+      conditional = dict(labels=jax.lax.with_sharding_constraint(labels, exp.batch_sharding),
+                         conditioning=exp.conditioning)
     x1 = jax.lax.with_sharding_constraint(x1, exp.batch_sharding)
     teacher_params = None if teacher == "online" else exp.select_params(state, teacher)
     gap = times.max_gap(state.step, anneal_start, anneal_steps)
@@ -375,12 +381,20 @@ def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainStat
 
 def _image_batches(exp: Experiment, images: Any, start: int):
   """The global image batches from step `start` on, each process reading (ahead, in threads)
-  its own slice of every batch."""
-  global_shape = (exp.config.train.batch_size,) + exp.data_shape
-  local = images.batches(start, exp.config.train.batch_size, jax.process_index(),
-                         jax.process_count())
-  return local, (jax.make_array_from_process_local_data(exp.batch_sharding, x, global_shape)
-                 for x in local)
+  its own slice of every batch; for a conditional run, (images, labels) pairs, the labels those
+  of the same rows (a function of the step too, so a resumed run sees the same pairs)."""
+  batch_size = exp.config.train.batch_size
+  global_shape = (batch_size,) + exp.data_shape
+  conditional = exp.conditioning is not None
+  local = images.batches(start, batch_size, jax.process_index(), jax.process_count(),
+                         with_labels=conditional)
+
+  def to_global(x, shape):
+    return jax.make_array_from_process_local_data(exp.batch_sharding, x, shape)
+
+  if not conditional:
+    return local, (to_global(x, global_shape) for x in local)
+  return local, ((to_global(x, global_shape), to_global(y, (batch_size,))) for x, y in local)
 
 
 def _check_finite(step: int, metrics: dict[str, float]) -> None:

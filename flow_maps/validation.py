@@ -191,6 +191,10 @@ def _conditioning(config, num_devices: int) -> None:
       classes = data_lib.num_classes(config)
       if label >= classes:
         _fail(f"{section}.label", f"the data set has classes 0 to {classes - 1}, got {label}")
+      if section == "eval" and label >= 0 and not data_lib.is_toy(config):
+        _fail("eval.label", "image FID is against the whole training split, so its labels are "
+              f"drawn uniformly over the classes: leave it at -1, got {label} (sample.label "
+              "picks a class for --mode=sample)")
     if section == "sample" and conditional and not learned and tuple(
         config.sample.guidance) != (map_scale,):
       _fail("sample.guidance", f"without guidance.learned the map learns w = {map_scale:g} "

@@ -16,6 +16,8 @@ import tempfile
 # directory per test session, inherited by the CLI subprocesses of the tests.
 os.environ.setdefault("FLOW_MAPS_CACHE", tempfile.mkdtemp(prefix="flow_maps_cache_"))
 
+import socket
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +99,18 @@ def x64():
   with jax.enable_x64(True):
     assert jnp.zeros(()).dtype == jnp.float64
     yield
+
+
+def _no_network(*args, **kwargs):
+  raise AssertionError("network access attempted")
+
+
+def block_network(patch: pytest.MonkeyPatch) -> None:
+  """Any attempt to open a network connection through `patch`'s lifetime fails the test."""
+  patch.setattr(socket.socket, "connect", _no_network)
+  patch.setattr(socket, "create_connection", _no_network)
+
+
+@pytest.fixture
+def offline(monkeypatch):
+  block_network(monkeypatch)

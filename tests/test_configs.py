@@ -47,7 +47,7 @@ def test_every_config_and_variant_validates(path, variant):
       validation.validate(config)
     config.objective.pretrained = "/runs/teacher"  # validation does not read it; loading does
   validation.validate(config)
-  name = os.path.basename(path)[:-3].removesuffix("_guided")
+  name = os.path.basename(path)[:-3].removesuffix("_guided").removesuffix("_conditional")
   presets = [o for o in config_defaults.PRESETS if name.endswith("_" + o)]
   preset = max(presets, key=len)  # consistency_training_discrete ends with neither other name
   for field, value in config_defaults.PRESETS[preset].items():

@@ -2,10 +2,11 @@
 missing-dataset error, and the tfds path on stand-in CIFAR-10 / CelebA directories built here."""
 
 import os
-import socket
 
 import numpy as np
 import pytest
+
+from conftest import block_network
 
 from flow_maps.data import images
 
@@ -13,14 +14,6 @@ CIFAR_SPLITS = {"train": 20, "test": 6}
 CELEBA_SPLITS = {"train": 6, "validation": 2, "test": 2}
 
 
-def _no_network(*args, **kwargs):
-  raise AssertionError("network access attempted")
-
-
-@pytest.fixture
-def offline(monkeypatch):
-  monkeypatch.setattr(socket.socket, "connect", _no_network)
-  monkeypatch.setattr(socket, "create_connection", _no_network)
 
 
 def _coded_dataset(n, seed=0):
@@ -187,8 +180,7 @@ def tfds_dir(tmp_path_factory):
         }
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(socket.socket, "connect", _no_network)
-    patch.setattr(socket, "create_connection", _no_network)
+    block_network(patch)
     for builder in (StandInCifar10, StandInCelebA):
       builder(data_dir=data_dir, file_format="array_record").download_and_prepare()
   return data_dir, originals

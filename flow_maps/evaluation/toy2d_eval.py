@@ -151,35 +151,13 @@ def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, k
   return result
 
 
-def eval_labels(dataset: Toy2D, label: int, key: Array, n: int) -> np.ndarray:
-  """The labels to generate: `label` for every sample, or (-1) every class, uniformly from key."""
-  if label >= 0:
-    return np.full((n,), label, np.int32)
-  return np.asarray(jax.random.randint(key, (n,), 0, dataset.num_classes), np.int32)
-
-
-def guided_samplers(bind, num_classes: int, learned: bool, w: float, map_scale: float = 1.0):
-  """(map field, ODE field) at guidance scale w, each a function of the labels [B] returning a
-  velocity field. `bind(condition)` binds the network to a `flow_map.Condition`.
-
-  The map: the network itself at (c, w) when guidance is learned (one call per step); without
-  a w input only at the scale it learned, `map_scale` (1: the conditional model; MeanFlow's
-  fixed guidance: omega / (1 - kappa)), None otherwise. The ODE: classifier-free guidance on the
-  diagonal at w = 1 (or at the learned scale W), b(.|null) + (w / W) (b(.|c) - b(.|null)), two
-  calls per step."""
-  def condition(label, scale):
-    return fm.Condition(label, jnp.full(label.shape, scale, jnp.float32) if learned else None)
-
-  def ode_field(label):
-    v_label = bind(condition(label, 1.0))
-    v_null = bind(condition(jnp.full_like(label, num_classes), 1.0))
-    ratio = w if learned else w / map_scale
-    return lambda s, t, x: fm.guided_velocity(v_label, v_null,
-                                              jnp.full(label.shape, ratio, x.dtype), t, x)
-
-  if learned or w == map_scale:
-    return (lambda label: bind(condition(label, w if learned else 1.0))), ode_field
-  return None, ode_field
+def _guided(bind, num_classes: int, learned: bool, w: float, map_scale: float):
+  """(map field or None where the map cannot sample w, ODE field), each labels -> a velocity
+  field at the scalar scale w (`sampling.guided_fields`)."""
+  map_field, ode_field = sampling.guided_fields(bind, num_classes, learned, map_scale)
+  at = lambda field: (lambda label: field(label, jnp.full(label.shape, w, jnp.float32)))
+  return (at(map_field) if sampling.map_samples_at(learned, w, map_scale) else None,
+          at(ode_field))
 
 
 def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
@@ -200,7 +178,8 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
   """
   noise_key, floor_key = jax.random.split(key)
   x0 = np.asarray(sampling.noise(noise_key, num_samples, (2,), interpolant.sigma0))
-  labels = eval_labels(dataset, label, jax.random.fold_in(noise_key, 2), num_samples)
+  labels = sampling.sample_labels(dataset.num_classes, label, jax.random.fold_in(noise_key, 2),
+                                  num_samples)
   m = min(flow_map_error_samples, num_samples)
   kl = functools.partial(kl_lib.histogram_kl, dataset=dataset, bins=bins)
   label_of = jax.jit(dataset.label_of)
@@ -212,7 +191,7 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
   result = {"guidance": {}}
   for w in scales:
     x_ref = reference_samples(dataset, interpolant, x0[:m], batch_size, labels[:m], w)
-    map_field, ode_field = guided_samplers(bind, dataset.num_classes, learned, w, map_scale)
+    map_field, ode_field = _guided(bind, dataset.num_classes, learned, w, map_scale)
     row = {"flow_map_error": {}, "class_fraction": {}, "kl": {}, "ode_flow_map_error": {},
            "ode_class_fraction": {}, "ode_kl": {}}
     for n_steps in steps if map_field is not None else ():
@@ -257,10 +236,11 @@ def guided_figure_samples(bind, dataset: Toy2D, interpolant: Interpolant, *, key
   """{w: {N: map samples, "exact": the exact guided map's samples}} from one draw of noise and
   labels, for `plot_guided`."""
   x0 = np.asarray(sampling.noise(key, num_samples, (2,), interpolant.sigma0))
-  labels = eval_labels(dataset, label, jax.random.fold_in(key, 2), num_samples)
+  labels = sampling.sample_labels(dataset.num_classes, label, jax.random.fold_in(key, 2),
+                                  num_samples)
   out = {}
   for w in scales:
-    map_field, _ = guided_samplers(bind, dataset.num_classes, learned, w, map_scale)
+    map_field, _ = _guided(bind, dataset.num_classes, learned, w, map_scale)
     panels = {}
     for n in steps if map_field is not None else ():
       panels[str(n)] = _batched(
@@ -296,6 +276,26 @@ def plot_guided(samples: dict, path: str, *, domain: Optional[Domain] = None, ti
       ax.set_yticks([])
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+
+
+def write_guided_samples(bind, exp, config, out: str, *, key: Array) -> None:
+  """A conditional 2-D run's samples: labels_<c|all>.npy (int32 [count]: sample.label, or
+  uniform if -1) and n<N>_label_<c|all>_w<w>.npy (float32 [count, 2]) for every w of
+  sample.guidance and N of sample.steps, from one draw of noise."""
+  count, cond = config.sample.num_samples, exp.conditioning
+  noise = exp.interpolant.sigma0 * jax.random.normal(key, (count,) + exp.data_shape)
+  labels = sampling.sample_labels(cond.num_classes, config.sample.label,
+                                  jax.random.fold_in(key, 2), count)
+  which = "all" if config.sample.label < 0 else str(config.sample.label)
+  np.save(os.path.join(out, f"labels_{which}.npy"), labels)
+  for w in config.sample.guidance:
+    map_field, _ = _guided(bind, cond.num_classes, cond.learned_guidance, w, cond.map_scale)
+    if map_field is None:
+      raise ValueError(f"sample.guidance: the map learned w = {cond.map_scale:g} only "
+                       f"(guidance.learned is False), got {w:g}")
+    for n in config.sample.steps:
+      x = sampling.sample_flow_map(map_field(jnp.asarray(labels)), noise, n)
+      np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))
 
 
 def format_table(result: dict) -> str:

@@ -27,6 +27,17 @@ class Network(NamedTuple):
   host_init: Optional[Callable[[int], Any]] = None
 
 
+def check_condition(module: nn.Module, label: Any, guidance: Any) -> None:
+  """A conditional module takes a label exactly when it has classes, and a guidance scale
+  exactly when it learns guidance (`flow_map.Condition`)."""
+  if (label is not None) != bool(module.num_classes):
+    raise ValueError(f"this network takes a label exactly when conditional (num_classes="
+                     f"{module.num_classes}); got label={'none' if label is None else 'one'}")
+  if (guidance is not None) != module.learn_guidance:
+    raise ValueError(f"this network takes a guidance scale exactly when it learns guidance "
+                     f"(learn_guidance={module.learn_guidance})")
+
+
 def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Network:
   """The configured network for samples of `data_shape`."""
   model = config.model
@@ -43,11 +54,9 @@ def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]
     return Network(mlp.MLP(out_dim=out_dim, width=model.width, depth=model.depth, sigma0=sigma0,
                            learn_weight=learn_weight, num_classes=num_classes,
                            learn_guidance=learn_guidance))
-  if num_classes or learn_guidance:
-    raise ValueError(f"model.name: class conditioning is built for the mlp only, got "
-                     f"{model.name!r}")
   if model.name == "unet":
     from flow_maps.networks import unet
-    module = unet.unet_from_config(model, data_shape, sigma0, learn_weight)
+    module = unet.unet_from_config(model, data_shape, sigma0, learn_weight, num_classes,
+                                   learn_guidance)
     return Network(module, unet.normalize_weights, lambda seed: unet.init_params(module, seed))
   raise ValueError(f"model.name: unknown network {model.name!r}; allowed: {NETWORKS}")

@@ -57,12 +57,8 @@ class MLP(nn.Module):
                label: Optional[jax.Array] = None,
                guidance: Optional[jax.Array] = None) -> jax.Array:
     del train  # no dropout in the 2-D network
-    if (label is not None) != bool(self.num_classes):
-      raise ValueError(f"this network takes a label exactly when conditional (num_classes="
-                       f"{self.num_classes}); got label={'none' if label is None else 'one'}")
-    if (guidance is not None) != self.learn_guidance:
-      raise ValueError(f"this network takes a guidance scale exactly when it learns guidance "
-                       f"(learn_guidance={self.learn_guidance})")
+    from flow_maps.networks import check_condition
+    check_condition(self, label, guidance)
     flat = x.reshape((x.shape[0], -1))
     h = jnp.concatenate([s[:, None], t[:, None], flat / self.sigma0], axis=-1)
     condition = None

@@ -16,7 +16,7 @@ of diffusion models", `training/networks_edm2.py` of NVlabs/edm2), written for N
 Two times instead of one noise level (the published flow-map code's choice): the network is
 conditioned on (s, t - s). Each is embedded by its own MP Fourier features and its own MPConv
 linear layer, the two embeddings are combined by mp_sum (balance 0.5) and passed through mp_silu;
-this replaces EDM2's noise-plus-class embedding (there is no class label). The published code uses
+this takes the place of EDM2's noise embedding (the class path is below). The published code uses
 deterministic sinusoidal features here; we keep EDM2's random Fourier features, whose frequencies
 and phases are constants drawn from NumPy's legacy `RandomState` (its streams are frozen, so the
 constants never change between versions and are not parameters), at a lower bandwidth than EDM2's
@@ -24,6 +24,27 @@ constants never change between versions and are not parameters), at a lower band
 
 Input and output scaling: v_{s,t}(x) = sigma0 * F(x / sigma0, s, t - s), with F the UNet; the
 published code does the same with sigma_data = sigma0 = 0.5.
+
+Class labels (`num_classes` > 0, `docs/method.md` §9), EDM2's own path: the label's one-hot
+vector, scaled by sqrt(its length) to unit RMS, goes through an MPConv linear layer (so class c's
+embedding is row c of the normalised weight, of unit magnitude on average), and is mp_sum'ed into
+the time embedding with balance 0.5 before the mp_silu. The null label (index num_classes) is its own
+one-hot row, not EDM2's all-zero vector: with zeros, mp_sum(emb, 0) would shrink the null rows'
+embedding by 1 / sqrt(2) and give the unconditional model a fixed, unlearned condition, while the
+rest of this code (`flow_map.Condition`, the MLP's embedding, label dropout) treats the null label
+as one more learned class; as a row of its own it is a unit-magnitude learned embedding like the
+others.
+
+Learned guidance (`learn_guidance`): the scale w [B] moves the label's embedding along the guidance
+line, mp_sum(e_null, e_c, t=w) = ((1 - w) e_null + w e_c) / sqrt((1 - w)^2 + w^2), the
+magnitude-preserving version of the MLP's e_null + w (e_c - e_null): w = 0 gives the null label's
+embedding (the unconditional velocity, which guidance at w = 0 is) and w = 1 the label's, from the
+first step (the null label's rows are always given w = 1, by label dropout and by the guided
+samplers, where this is e_null exactly). MP Fourier features of w (the times' bandwidth, their
+own constants) through their own MPConv are mp_sum'ed into that (balance 0.5), so that w is an
+input in its own right too. The condition then enters as above.
+Unconditional UNets (num_classes = 0) have none of these parameters and compute exactly what they
+did before.
 
 Learned weight (`docs/method.md` §4, `learn_weight=True`): w(s, t) = gain * MPConv(mp_sum(
 Fourier(s), Fourier(t - s))), a linear layer on MP Fourier features of the two times like EDM2's
@@ -235,20 +256,47 @@ class EDM2UNet(nn.Module):
   fourier_bandwidth: float = FOURIER_BANDWIDTH
   concat_balance: float = 0.5
   compute_dtype: Any = jnp.float32
+  num_classes: int = 0
+  learn_guidance: bool = False
+  label_balance: float = 0.5  # EDM2's
+  guidance_balance: float = 0.5
+
+  def condition_embedding(self, label: Array, guidance: Array | None, cemb: int,
+                          cnoise: int) -> Array:
+    """The label's (and w's) unit-magnitude embedding [B, cemb] (see the module docstring)."""
+    classes = self.num_classes + 1  # the null label is index num_classes, a row of its own
+    emb_label = MPConv(cemb, name="emb_label")
+    scale = math.sqrt(classes)  # a one-hot vector times sqrt(length) has unit RMS
+    e = emb_label(jax.nn.one_hot(label, classes, dtype=jnp.float32) * scale)
+    if not self.learn_guidance:
+      return e
+    w = guidance.astype(jnp.float32)[:, None]
+    null = jnp.full_like(label, self.num_classes)
+    e_null = emb_label(jax.nn.one_hot(null, classes, dtype=jnp.float32) * scale)
+    e = (e_null + w * (e - e_null)) / jnp.sqrt((1 - w) ** 2 + w ** 2)  # mp_sum with t = w
+    emb_w = MPConv(cemb, name="emb_guidance")(
+        MPFourier(cnoise, self.fourier_bandwidth, seed=4, name="fourier_guidance")(w[:, 0]))
+    return mp_sum(e, emb_w, self.guidance_balance)
 
   @nn.compact
-  def __call__(self, x: Array, s: Array, d: Array, train: bool) -> Array:
+  def __call__(self, x: Array, s: Array, d: Array, train: bool, label: Array | None = None,
+               guidance: Array | None = None) -> Array:
     cblock = [self.model_channels * m for m in self.channel_mult]
     cnoise = cblock[0]
     cemb = max(cblock)
     block = dict(channels_per_head=self.channels_per_head, dropout=self.dropout)
 
-    # Embedding of the two times (float32): separate features and linear layers, then mp_sum.
+    # Embedding of the two times (float32): separate features and linear layers, then mp_sum;
+    # the class (and guidance) embedding, if any, mp_sum'ed in as EDM2 does its class's.
     emb_s = MPConv(cemb, name="emb_s")(
         MPFourier(cnoise, self.fourier_bandwidth, seed=0, name="fourier_s")(s))
     emb_d = MPConv(cemb, name="emb_gap")(
         MPFourier(cnoise, self.fourier_bandwidth, seed=1, name="fourier_gap")(d))
-    emb = mp_silu(mp_sum(emb_s, emb_d, 0.5))
+    emb = mp_sum(emb_s, emb_d, 0.5)
+    if self.num_classes:
+      emb = mp_sum(emb, self.condition_embedding(label, guidance, cemb, cnoise),
+                   self.label_balance)
+    emb = mp_silu(emb)
 
     # Encoder; a constant-one channel is appended as in EDM2.
     x = x.astype(self.compute_dtype)
@@ -305,7 +353,9 @@ class UNet(nn.Module):
 
   `__call__(s, t, x, train)` returns v with the shape of x [B, H, W, C] in float32;
   `log_weight(s, t)` returns w(s, t) [B] when `learn_weight` (`docs/method.md` §4).
-  Dropout (train=True) draws from the "dropout" RNG stream.
+  Dropout (train=True) draws from the "dropout" RNG stream. Conditional (`num_classes` > 0) it
+  also takes `label=` [B] int (num_classes: the null label) and, with `learn_guidance`,
+  `guidance=` [B], the scale w (`docs/method.md` §9).
   """
 
   img_resolution: int
@@ -321,6 +371,8 @@ class UNet(nn.Module):
   sigma0: float = 1.0
   learn_weight: bool = False
   logvar_channels: int = 128
+  num_classes: int = 0
+  learn_guidance: bool = False
 
   def setup(self):
     levels = len(self.channel_mult)
@@ -332,17 +384,24 @@ class UNet(nn.Module):
         model_channels=self.model_channels, channel_mult=tuple(self.channel_mult),
         num_blocks=self.num_blocks, attn_resolutions=tuple(self.attn_resolutions),
         channels_per_head=self.channels_per_head, dropout=self.dropout,
-        fourier_bandwidth=self.fourier_bandwidth, compute_dtype=self.compute_dtype)
+        fourier_bandwidth=self.fourier_bandwidth, compute_dtype=self.compute_dtype,
+        num_classes=self.num_classes, learn_guidance=self.learn_guidance)
+    if self.learn_guidance and not self.num_classes:
+      raise ValueError("UNet: learn_guidance needs labels (num_classes > 0)")
     if self.learn_weight:
       self.weight_head = LogWeightHead(self.logvar_channels, self.fourier_bandwidth)
 
-  def __call__(self, s: Array, t: Array, x: Array, train: bool = False) -> Array:
+  def __call__(self, s: Array, t: Array, x: Array, train: bool = False,
+               label: Array | None = None, guidance: Array | None = None) -> Array:
     if x.shape[1:] != (self.img_resolution, self.img_resolution, self.img_channels):
       raise ValueError(f"UNet built for {self.img_resolution}x{self.img_resolution}x"
                        f"{self.img_channels} images, got x of shape {x.shape}")
+    from flow_maps.networks import check_condition
+    check_condition(self, label, guidance)
     s = s.astype(jnp.float32)
     t = t.astype(jnp.float32)
-    F = self.net(x / self.sigma0, s, t - s, train)
+    conditional = {} if label is None else dict(label=label, guidance=guidance)
+    F = self.net(x / self.sigma0, s, t - s, train, **conditional)
     return (self.sigma0 * F).astype(x.dtype)
 
   def log_weight(self, s: Array, t: Array) -> Array:
@@ -420,9 +479,11 @@ def resolve_architecture(model_config: Any) -> dict[str, Any]:
 
 
 def unet_from_config(model_config: Any, data_shape: Sequence[int], sigma0: float,
-                     learn_weight: bool = False) -> UNet:
+                     learn_weight: bool = False, num_classes: int = 0,
+                     learn_guidance: bool = False) -> UNet:
   """The UNet of a config's `model` section for images of shape (H, W, C) (`config_defaults`),
-  with the log-weight head if `learn_weight` (objective.weighting = 'learned').
+  with the log-weight head if `learn_weight` (objective.weighting = 'learned'), the class input
+  if `num_classes` > 0 and the guidance input if `learn_guidance`.
 
   Reads model.preset, the optional overrides in `ARCHITECTURE_FIELDS` and model.compute_dtype
   ("float32" | "bfloat16").
@@ -435,20 +496,27 @@ def unet_from_config(model_config: Any, data_shape: Sequence[int], sigma0: float
     raise ValueError(f"model.compute_dtype: unknown dtype {dtype_name!r}; "
                      f"allowed: {sorted(COMPUTE_DTYPES)}")
   return UNet(img_resolution=h, img_channels=c, compute_dtype=COMPUTE_DTYPES[dtype_name],
-              sigma0=float(sigma0), learn_weight=learn_weight,
-              **resolve_architecture(model_config))
+              sigma0=float(sigma0), learn_weight=learn_weight, num_classes=int(num_classes),
+              learn_guidance=bool(learn_guidance), **resolve_architecture(model_config))
 
 
 def parameter_shapes(module: UNet) -> Any:
   """The parameter tree of a UNet as `jax.ShapeDtypeStruct`s, by shape evaluation only: the
-  same tree as `FlowMapModel(module).init` (the weight head's included if it learns one)."""
+  same tree as `FlowMapModel(module).init` (the weight head's, the class and guidance
+  embeddings' included where the module has them)."""
   x = jax.ShapeDtypeStruct((1, module.img_resolution, module.img_resolution,
                             module.img_channels), jnp.float32)
   s = jax.ShapeDtypeStruct((1,), jnp.float32)
 
   def init(key, s, x):
+    conditional = {}
+    if module.num_classes:
+      conditional["label"] = jnp.full((1,), module.num_classes, jnp.int32)
+      if module.learn_guidance:
+        conditional["guidance"] = jnp.ones((1,), jnp.float32)
+
     def both(m, s, x):
-      v = m(s, s, x)
+      v = m(s, s, x, **conditional)
       if m.learn_weight:
         m.log_weight(s, s)
       return v
