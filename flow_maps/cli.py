@@ -307,3 +307,27 @@ def check_workdir(workdir: str) -> None:
     raise InputError("flag error: --workdir is empty")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise InputError(f"workdir error: {workdir} exists and is not a directory")
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize` for --distributed. TPU pods and SLURM are detected by jax
+  itself; elsewhere JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+  JAX_PROCESS_ID give the cluster (jax reads only the first of them)."""
+  import jax
+  kwargs = {}
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not os.environ.get(v)]
+    if missing:
+      fail(f"flag error: --distributed with JAX_COORDINATOR_ADDRESS also needs "
+           f"{' and '.join(missing)}")
+    try:
+      kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                    num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                    process_id=int(os.environ["JAX_PROCESS_ID"]))
+    except ValueError as e:
+      fail(f"flag error: --distributed: JAX_NUM_PROCESSES and JAX_PROCESS_ID must be integers "
+           f"({e})")
+  # Cross-process collectives of the CPU backend (it has none by default); accelerators keep
+  # their own.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)

@@ -50,7 +50,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(lambda record: "/orbax/" not in record.pathname)
   import jax
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    cli.initialize_distributed()
   from flow_maps import run
   sys.exit(run.run(_CONFIG.value, _WORKDIR.value, _MODE.value,
                    allow_config_change=tuple(_ALLOW_CONFIG_CHANGE.value)))

@@ -376,6 +376,13 @@ def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainStat
   state = init_state(exp)
   if manager.latest_step() is not None:
     state = manager.restore_latest_intact(state, move_aside=True)
+  if jax.process_count() > 1:  # every process must resume from the same step
+    from jax.experimental import multihost_utils
+    steps = np.asarray(multihost_utils.process_allgather(np.int32(state.step)))
+    if len(set(steps.tolist())) > 1:
+      raise ckpt_lib.CheckpointError(
+          f"the processes restored different steps {steps.tolist()} from {manager.directory}: "
+          "do they see the same workdir (a shared filesystem)?")
   return state
 
 
