@@ -41,30 +41,37 @@ def test_labelled_draws_are_the_unlabelled_draws_with_their_class(dataset):
 
 
 def test_exact_guided_velocity_against_closed_forms():
-  """w = 1: one component's Gaussian velocity (`gaussian.GaussianFlow`) and one cell's boxes
-  velocity; w = 0 and the null label: the unconditional velocity; other w: the formula."""
+  """w = 1: one component's Gaussian velocity (the closed form of `docs/method.md` §7, written
+  out here per row) and one cell's boxes velocity; w = 0 and the null label: the unconditional
+  velocity; other w: the formula."""
   ip = interpolants.get_interpolant("linear", 0.75)
   key_t, key_x, key_l = jax.random.split(jax.random.PRNGKey(0), 3)
-  t = jax.random.uniform(key_t, (256,), minval=0.0, maxval=0.99)
-  x = 0.9 * jax.random.normal(key_x, (256, 2))
+  n = 256
+  t = jax.random.uniform(key_t, (n,), minval=0.0, maxval=0.99)
+  x = 0.9 * jax.random.normal(key_x, (n, 2))
+  ones = jnp.ones((n,))
   for dataset in (toy2d.GaussianMixture(std=0.25), toy2d.Checkerboard()):
     guided = references.guided_velocity(dataset, ip)
     b = references.exact_velocity(dataset, ip)(t, x)
     k = dataset.num_classes
-    label = jax.random.randint(key_l, (256,), 0, k)
-    ones = jnp.ones((256,))
+    if isinstance(dataset, toy2d.GaussianMixture):
+      label = jax.random.randint(key_l, (n,), 0, k)
+      mu = jnp.asarray(dataset.means, jnp.float32)[label]
+      a, be = ip.alpha(t)[:, None], ip.beta(t)[:, None]
+      da, db = ip.dalpha(t)[:, None], ip.dbeta(t)[:, None]
+      c = a**2 * ip.sigma0**2 + be**2 * dataset.std**2
+      dc = 2 * a * da * ip.sigma0**2 + 2 * be * db * dataset.std**2
+      expected = db * mu + dc / (2 * c) * (x - be * mu)
+    else:  # two cells, each against the boxes velocity of that cell alone
+      label = jnp.where(jnp.arange(n) % 2 == 0, 0, 5)
+      lows, highs = dataset.cells
+      per_cell = {c: references.boxes_velocity(lows[c:c + 1], highs[c:c + 1], ip)(t, x)
+                  for c in (0, 5)}
+      expected = jnp.where((label == 0)[:, None], per_cell[0], per_cell[5])
     b_c = guided(t, x, label, ones)
-    for c in range(k):
-      rows = np.asarray(label == c)
-      if isinstance(dataset, toy2d.GaussianMixture):
-        flow = gaussian.GaussianFlow(ip, jnp.asarray(dataset.means[c]),
-                                     dataset.std**2 * jnp.eye(2))
-        expected = flow.velocity(t, x)
-      else:
-        lows, highs = dataset.cells
-        expected = references.boxes_velocity(lows[c:c + 1], highs[c:c + 1], ip)(t, x)
-      np.testing.assert_allclose(np.asarray(b_c)[rows], np.asarray(expected)[rows], atol=2e-5)
-    np.testing.assert_allclose(guided(t, x, jnp.full((256,), k), 3 * ones), b, atol=1e-6)
+    np.testing.assert_allclose(b_c, expected, atol=2e-5)
+    assert float(jnp.max(jnp.abs(b_c - b))) > 0.1  # the class matters
+    np.testing.assert_allclose(guided(t, x, jnp.full((n,), k), 3 * ones), b, atol=1e-6)
     np.testing.assert_allclose(guided(t, x, label, 0 * ones), b, atol=1e-6)
     np.testing.assert_allclose(guided(t, x, label, 2.5 * ones), b + 2.5 * (b_c - b), atol=1e-5)
 
@@ -107,6 +114,7 @@ def test_guided_diagonal_residual_against_a_per_row_reference(x64):
     return jnp.mean(layout.merge(R_g, R_f))
 
   def reference(p):
+    """Per row (vmap-ed), both branches written out and the row's own chosen."""
     def net(params, s, x, c, g):
       return module.apply({"params": params}, s[None], s[None], x[None], label=c[None],
                           guidance=g[None])[0]
@@ -114,13 +122,12 @@ def test_guided_diagonal_residual_against_a_per_row_reference(x64):
     def row(x0, x1, t, c, c_drop, w, g):
       x = (1 - t) * x0 + t * x1
       one = jnp.ones((), jnp.float64)
-      if g:
-        b_c, b_null = net(teacher, t, x, c, one), net(teacher, t, x, jnp.asarray(k), one)
-        return jnp.sum((net(p, t, x, c, w) - sg(b_null + w * (b_c - b_null)))**2)
-      return jnp.sum((net(p, t, x, c_drop, one) - (x1 - x0))**2)
+      b_c, b_null = net(teacher, t, x, c, one), net(teacher, t, x, jnp.asarray(k), one)
+      guided_loss = jnp.sum((net(p, t, x, c, w) - sg(b_null + w * (b_c - b_null)))**2)
+      flow_matching = jnp.sum((net(p, t, x, c_drop, one) - (x1 - x0))**2)
+      return jnp.where(g, guided_loss, flow_matching)
 
-    return jnp.mean(jnp.stack([row(x0[i], x1[i], t[i], labels[i], dropped[i], w[i],
-                                   bool(guided[i])) for i in range(n)]))
+    return jnp.mean(jax.vmap(row)(x0, x1, t, labels, dropped, w, guided))
 
   a, ga = jax.value_and_grad(ours)(params)
   b, gb = jax.value_and_grad(reference)(params)
