@@ -39,14 +39,8 @@ import sys
 import time
 from typing import Any, Callable
 
-# The objective of each variant, as fields of our `config.objective` (set on top of BASE_CONFIG).
-OURS = {
-    "flow_matching": dict(name="flow_matching", diagonal_fraction=1.0),
-    "lsd": dict(name="lsd", stop_gradient="teacher"),
-    "esd": dict(name="esd", stop_gradient="full"),
-    "psd_m": dict(name="psd", psd_h="midpoint", stop_gradient="teacher"),
-    "psd_u": dict(name="psd", psd_h="uniform", stop_gradient="teacher"),
-}
+# Our variants: presets of `config_defaults.PRESETS`, each set on top of BASE_CONFIG.
+OURS = ("flow_matching", "lsd", "esd", "psd_m", "psd_u")
 # The same objectives in the release's `configs/checker.py`: (loss_type, psd_type, stopgrad_type,
 # diag_fraction). Flow matching is its LSD config with every row on the diagonal.
 RELEASE = {
@@ -70,6 +64,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
+from flow_maps import config_defaults  # noqa: E402
 from flow_maps import data as data_lib  # noqa: E402
 from flow_maps import train  # noqa: E402
 
@@ -145,8 +140,8 @@ def _timed(step: Callable[[], Any]) -> Callable[[int], tuple[float, float]]:
 
 
 def ours(objective: str, width: int, depth: int, batch: int) -> Variant:
-  config = _load_module("_base_config", os.path.join(ROOT, BASE_CONFIG)).get_config()
-  config.objective.update(OURS[objective])
+  config = config_defaults.with_preset(
+      _load_module("_base_config", os.path.join(ROOT, BASE_CONFIG)).get_config(), objective)
   config.model.width = width
   config.model.depth = depth
   config.train.batch_size = batch
@@ -320,7 +315,8 @@ def main(argv=None) -> int:
   result = dict(
       settings=dict(width=args.width, depth=args.depth, batch=args.batch, rounds=args.rounds,
                     steps_per_round=args.steps, warmup=args.warmup, release=args.release,
-                    ours=OURS, release_configs=RELEASE),
+                    ours={k: config_defaults.PRESETS[k] for k in OURS},
+                    release_configs=RELEASE),
       machine=dict(load_before=load_before, load_after=[round(x, 2) for x in os.getloadavg()],
                    round_loads=loads, cpus=os.cpu_count(), jax=jax.__version__,
                    devices=jax.device_count()),
