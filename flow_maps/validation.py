@@ -216,8 +216,31 @@ def params_choices(config) -> tuple[str, ...]:
   return ("online",) + tuple(ema_name(d) for d in config.train.ema_decays)
 
 
+# Sections every field of which `config_defaults.common()` defines: a field there that common()
+# lacks is a misspelling or a field since renamed (an `objective.name` set in code would be
+# ignored and train another objective), so it is refused. The other sections also hold fields
+# of their data set's or network's base config.
+CLOSED_SECTIONS = ("interpolant", "objective", "guidance", "optim")
+
+
+def _no_unknown_fields(config) -> None:
+  import difflib
+  from flow_maps import config_defaults
+  known = config_defaults.common()
+  for section in CLOSED_SECTIONS:
+    if section not in config:
+      continue
+    extra = sorted(set(config[section].keys()) - set(known[section].keys()))
+    if extra:
+      near = difflib.get_close_matches(extra[0], list(known[section].keys()), n=3, cutoff=0.5)
+      hint = f"nearest: {', '.join(f'{section}.{n}' for n in near)}" if near else \
+          f"fields of {section}: {', '.join(sorted(known[section].keys()))}"
+      _fail(f"{section}.{extra[0]}", f"no such field (misspelt, or renamed since); {hint}")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError for the first problem found."""
+  _no_unknown_fields(config)
   _number(config, "seed", integer=True)
   _choice(config, "data.name", data_lib.DATASETS)
   _choice(config, "interpolant.name", interpolants.INTERPOLANTS)

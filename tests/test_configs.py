@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -74,3 +75,20 @@ def test_image_configs_carry_the_published_settings(name, preset, objective):
   assert tuple(config.eval.steps) == (1, 2, 4, 8, 16)
   assert config.model.compute_dtype == ("bfloat16" if name == "celeba" else "float32")
   assert config.data.name == ("celeba64" if name == "celeba" else "cifar10")
+
+
+@pytest.mark.parametrize("field, message", [
+    ("objective.name", "objective.name: no such field (misspelt, or renamed since); fields of "
+                       "objective: adaptive_c"),
+    ("optim.lr", "optim.lr: no such field"),
+    ("guidance.scale", "guidance.scale: no such field"),
+])
+def test_a_field_the_defaults_lack_is_refused_in_closed_sections(field, message):
+  """A field set in code (not a flag: flags are checked on parsing) that common() does not
+  define is refused in the sections common() defines whole: `objective.name`, the field renamed
+  to `objective.residual`, would otherwise be ignored and train another objective."""
+  config = load(os.path.join(ROOT, "configs", "checkerboard_lsd.py"), "smoke")
+  section, name = field.split(".")
+  config[section][name] = "x"
+  with pytest.raises(validation.ConfigError, match=re.escape(message)):
+    validation.validate(config)
