@@ -119,7 +119,7 @@ def _scales(field: str, values) -> None:
     _fail(field, f"must be a non-empty tuple of guidance scales, got {values!r}")
 
 
-def _conditioning(config, num_devices: int) -> None:
+def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
   """Labels, label dropout and learned guidance (`docs/method.md` §9)."""
   conditional = _require(config, "data.conditional")
   if not isinstance(conditional, bool):
@@ -154,8 +154,7 @@ def _conditioning(config, num_devices: int) -> None:
       period = times.diagonal_layout(config.guidance.fraction).period
     except ValueError as e:
       _fail("guidance.fraction", str(e))
-    per_device_diagonal = objectives.from_config(config.objective).layout.counts(
-        config.train.batch_size // num_devices)[0]
+    per_device_diagonal = layout.counts(config.train.batch_size // num_devices)[0]
     if per_device_diagonal % period:
       _fail("guidance.fraction", f"{config.guidance.fraction} of the {per_device_diagonal} "
             f"diagonal rows per device is not whole: they must be a multiple of {period}")
@@ -343,4 +342,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "sample.num_samples", low=1, integer=True)
   if "kl_bins" in config.eval:
     _number(config, "eval.kl_bins", low=1, integer=True)
-  _conditioning(config, num_devices)
+  _conditioning(config, num_devices, layout)
