@@ -130,6 +130,9 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
   _number(config, "data.label_dropout", low=0.0)
   if config.data.label_dropout >= 1.0:
     _fail("data.label_dropout", f"must be < 1, got {config.data.label_dropout!r}")
+  if conditional and config.eval.get("sampler", "flow_map") != "flow_map":
+    _fail("data.conditional", "conditional runs are evaluated and sampled with the flow map; "
+          f"eval.sampler={config.eval.sampler!r} (the single-time presets) is not built for them")
   if conditional and config.objective.velocity == "pretrained":
     _fail("data.conditional", "distillation of a conditional teacher is not built yet: "
           "objective.velocity='pretrained' trains unconditional maps only")
