@@ -144,6 +144,7 @@ def common() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict()
   c.sample.steps = (1, 2, 4, 8, 16)
   c.sample.num_samples = 10_000
+  # A class c, or -1: every class (2-D: drawn uniformly; images: in turn, one grid row per class).
   c.sample.label = -1
   c.sample.guidance = (1.0,)
   return c

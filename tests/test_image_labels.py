@@ -413,3 +413,20 @@ def test_conditional_image_config_errors(change, message):
     config[section][name] = value
   with pytest.raises(validation.ConfigError, match=message):
     validation.validate(config)
+
+
+def test_all_classes_sample_in_class_rows_of_the_grid():
+  from flow_maps.evaluation import image_eval
+  labels = image_eval.class_rows(10, 64)  # 7 per class, the last class gets 1
+  assert labels.dtype == np.int32 and labels.shape == (64,)
+  np.testing.assert_array_equal(np.bincount(labels), [7] * 9 + [1])
+  assert np.all(np.diff(labels) >= 0)
+  np.testing.assert_array_equal(image_eval.class_rows(3, 6), [0, 0, 1, 1, 2, 2])
+  # With 7 columns every row of the grid holds one class: image i of class i // 7.
+  images = np.stack([np.full((2, 2, 1), -1.0 + 2.0 * c / 9) for c in labels])
+  grid = image_eval.image_grid(images, columns=7)
+  assert grid.shape == (10 * 3 + 1, 7 * 3 + 1)
+  for row in range(10):
+    cells = grid[1 + 3 * row:3 + 3 * row, 1:-1:3]
+    expected = np.round((-1.0 + 2.0 * row / 9 + 1) * 127.5)
+    assert np.all(cells[:, :1 if row == 9 else 7] == expected), row

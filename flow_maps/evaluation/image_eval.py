@@ -14,8 +14,8 @@ Conditional runs (`docs/method.md` §9): the same FIDs for every guidance scale 
 training split) from one draw of noise and labels shared by every w and N; the map's at w when
 guidance is learned (one call per step), else at w = 1 only, and the guided ODE's
 b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls per step) at every w. Samples
-(`--mode=sample`) are of `config.sample.label` (-1: uniform labels) at each w of
-`config.sample.guidance`.
+(`--mode=sample`) are of `config.sample.label` (-1: every class in turn, one grid row per class)
+at each w of `config.sample.guidance`.
 """
 
 from __future__ import annotations
@@ -234,8 +234,9 @@ def image_grid(images: np.ndarray, columns: Optional[int] = None) -> np.ndarray:
   return grid[..., 0] if c == 1 else grid
 
 
-def save_grid(images: np.ndarray, path: str, scale: int = 1) -> None:
-  picture = Image.fromarray(image_grid(images))
+def save_grid(images: np.ndarray, path: str, scale: int = 1,
+              columns: Optional[int] = None) -> None:
+  picture = Image.fromarray(image_grid(images, columns))
   if scale > 1:
     picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
   picture.save(path)
@@ -253,16 +254,26 @@ def write_samples(v: fm.VelocityField, exp, config, out: str, *, key: jax.Array)
     save_grid(images, os.path.join(out, f"n{n}.png"), scale=scale)
 
 
+def class_rows(num_classes: int, count: int) -> np.ndarray:
+  """Labels for a grid with one row per class: ceil(count / num_classes) samples of class 0,
+  then of class 1, ... (the last classes may have fewer), int32 [count]."""
+  per_class = math.ceil(count / num_classes)
+  return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)[:count]
+
+
 def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
-  """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]: sample.label,
-  or uniform if -1) and, for every w of sample.guidance and N of sample.steps,
-  n<N>_label_<c|all>_w<w>.npz and .png (the names of the 2-D path)."""
+  """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]) and, for every
+  w of sample.guidance and N of sample.steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
+  the 2-D path). sample.label = c: every sample of class c; -1 ("all"): every class in turn
+  (`class_rows`), so the PNG has one row per class."""
   count = config.sample.num_samples
-  scale = max(1, 256 // (exp.data_shape[0] * math.ceil(math.sqrt(count))))
   num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
   map_scale = exp.conditioning.map_scale
-  labels = sampling.sample_labels(num_classes, config.sample.label, jax.random.fold_in(key, 2),
-                                  count)
+  if config.sample.label < 0:
+    labels, columns = class_rows(num_classes, count), math.ceil(count / num_classes)
+  else:
+    labels, columns = np.full((count,), config.sample.label, np.int32), None
+  scale = max(1, 256 // (exp.data_shape[0] * (columns or math.ceil(math.sqrt(count)))))
   which = "all" if config.sample.label < 0 else str(config.sample.label)
   np.save(os.path.join(out, f"labels_{which}.npy"), labels)
   map_field, _ = sampling.guided_fields(bind, num_classes, learned, map_scale)
@@ -277,4 +288,4 @@ def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Arra
                                             key=key, labels=labels, guidance=w)))
       name = f"n{n}_label_{which}_w{w:g}"
       np.savez_compressed(os.path.join(out, name + ".npz"), samples=images.astype(np.float32))
-      save_grid(images, os.path.join(out, name + ".png"), scale=scale)
+      save_grid(images, os.path.join(out, name + ".png"), scale=scale, columns=columns)
