@@ -35,8 +35,6 @@ import subprocess
 import sys
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-# Relative config paths in a sweep are relative to the project root (where `configs/` lives).
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("train", "eval", "sample", "train_and_eval")
 CONFIG_KEY = "config"  # the reserved member key naming a config file
 
@@ -86,13 +84,16 @@ class Member:
 
   index: int
   name: str
-  config: str  # path as written in the sweep (relative to the project root or absolute)
+  config: str  # path as written in the sweep (relative to base_dir, or absolute)
   variant: str
   overrides: dict[str, Any]  # every override, the sweep's common ones included
+  # Where relative config paths start and the member's process runs: the directory that holds
+  # `configs/` (as for `python -m flow_maps.main --config=configs/...`).
+  base_dir: str = "."
 
   @property
   def config_path(self) -> str:
-    return resolve_path(self.config)
+    return resolve_path(self.config, self.base_dir)
 
   @property
   def config_arg(self) -> str:
@@ -106,7 +107,7 @@ class Member:
 class Sweep:
   """A base config and a list of members (override dicts), run in one mode.
 
-  config:    the base config file, relative to the project root (or absolute);
+  config:    the base config file, relative to the directory given to `expand` (or absolute);
   variant:   the config variant for every member ("", "demo", "smoke");
   members:   override dicts, one per member; the key "config" replaces the config file;
   overrides: applied to every member before its own (not part of the member names);
@@ -129,8 +130,11 @@ class Sweep:
     if CONFIG_KEY in self.overrides:
       raise ValueError(f"sweep overrides: use the sweep's `config` field, not {CONFIG_KEY!r}")
 
-  def expand(self) -> list[Member]:
-    """The members, numbered from 0, each named by the overrides that vary across the sweep."""
+  def expand(self, base_dir: Optional[str] = None) -> list[Member]:
+    """The members, numbered from 0, each named by the overrides that vary across the sweep;
+    relative config paths start from `base_dir` (default: the current directory, as for the
+    CLI's own `--config`)."""
+    base_dir = os.path.abspath(base_dir or os.getcwd())
     full = []
     for m in self.members:
       m = dict(m)
@@ -142,7 +146,7 @@ class Sweep:
       name = member_name({k: v for k, v in m.items() if k in varying})
       config = m.pop(CONFIG_KEY)
       out.append(Member(index=index, name=name or "base", config=config, variant=self.variant,
-                        overrides={**self.overrides, **m}))
+                        overrides={**self.overrides, **m}, base_dir=base_dir))
     names = [x.name for x in out]
     if len(set(names)) != len(names):
       raise ValueError(f"sweep members are not distinct: {names}")
@@ -169,8 +173,8 @@ def member_name(overrides: Mapping[str, Any]) -> str:
   return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join(parts))
 
 
-def resolve_path(path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(PROJECT_ROOT, path)
+def resolve_path(path: str, base_dir: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(base_dir, path)
 
 
 def load_sweep(spec: str) -> Sweep:
@@ -295,7 +299,7 @@ def run_member(member: Member, root: str, mode: str, extra_flags: Sequence[str] 
     log.write(f"\n=== {_now()} attempt {status['attempts']} on {status['host']}: "
               f"{' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log,
+    proc = subprocess.Popen(cmd, cwd=member.base_dir, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     forwarded = []
 
