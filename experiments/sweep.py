@@ -15,7 +15,10 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The checkout this script is in: its `configs/` are where a sweep's relative config paths start,
+# and its `runs/` holds the default sweep roots.
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT_ROOT)
 
 from flow_maps import sweeps  # noqa: E402  (after the path set-up, for runs from a checkout)
 
@@ -66,8 +69,8 @@ def _list(sweep: sweeps.Sweep, members, root: str) -> int:
 def main(argv=None) -> int:
   args = _parse(argv)
   sweep = sweeps.load_sweep(args.sweep)
-  members = sweep.expand()
-  root = os.path.abspath(args.root or os.path.join(sweeps.PROJECT_ROOT, "runs", sweep.name))
+  members = sweep.expand(base_dir=PROJECT_ROOT)
+  root = os.path.abspath(args.root or os.path.join(PROJECT_ROOT, "runs", sweep.name))
   if args.action == "list":
     return _list(sweep, members, root)
   if args.action == "aggregate":

@@ -230,9 +230,10 @@ def unknown_field_message(path: str, config, where: str) -> Optional[str]:
 
 
 def load_config(argument: str):
-  """Loads `path[:variant]` as ml_collections' config flag does (the module's `get_config`,
-  called with the variant if one is given); raises InputError with one line naming the file
-  and the problem."""
+  """Loads `path[:argument]` as ml_collections' config flag does (the module's `get_config`,
+  called with the text after the first colon if there is one: a variant, `demo`, for a
+  per-experiment file; `key=value,...` for a dataset file, read by `config_defaults.parse_arg`);
+  raises InputError with one line naming the file and the problem."""
   import ml_collections
   path, colon, variant = argument.partition(":")
   args = (variant,) if colon else ()
@@ -259,8 +260,11 @@ def load_config(argument: str):
                      f"{_one_line(e)}") from None
   if not callable(getattr(module, "get_config", None)):
     raise InputError(f"config error: {path}: defines no get_config() function")
+  from flow_maps.config_defaults import ArgumentError  # light: ml_collections alone
   try:
     config = module.get_config(*args)
+  except ArgumentError as e:  # `configs/<dataset>.py:key=value,...`: an argument it does not take
+    raise InputError(f"config error: {path}: {_one_line(e)}") from None
   except Exception as e:  # the variant's own check, or any bug in the file
     raise InputError(f"config error: {argument}: get_config({', '.join(map(repr, args))}) "
                      f"failed: {type(e).__name__}: {_one_line(e)}") from None

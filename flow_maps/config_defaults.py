@@ -1,16 +1,86 @@
 """Shared config bases, one per dataset. Experiment files under `configs/` start from one of these
 and set the objective and little else. Every field is documented here, once.
 
-A config argument (`--config=configs/checkerboard_lsd.py:demo`) selects a variant of the base:
+A variant of a base is one of
+  - "" : the published (or the dataset's full) setting;
   - "demo": the README's few-minute CPU run;
   - "smoke": seconds, for tests.
+
+There are two kinds of config file. One per dataset takes typed arguments (`parse_arg`):
+`--config=configs/checkerboard.py:preset=psd_m,variant=demo`. One per published pair takes the
+variant alone: `--config=configs/checkerboard_lsd.py:demo` is the same config as
+`configs/checkerboard.py:preset=lsd,variant=demo`.
 """
 
 from __future__ import annotations
 
+import types
+from typing import Any, Mapping, Optional, Sequence
+
 import ml_collections
 
 VARIANTS = ("", "demo", "smoke")
+
+
+class ArgumentError(ValueError):
+  """A config file's argument (`file.py:key=value,...`) that its `get_config` does not take; the
+  message is one line naming the key or value and what is allowed."""
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0")
+
+
+def _typed(key: str, text: str, default: Any) -> Any:
+  """`text` read as the type of `default` (bool, int, float or str)."""
+  kind = type(default)
+  if kind is bool:
+    if text.lower() in _TRUE + _FALSE:
+      return text.lower() in _TRUE
+    raise ArgumentError(f"config argument {key}={text}: not a boolean; use true or false")
+  if kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      what = "an int" if kind is int else "a float"
+      raise ArgumentError(f"config argument {key}={text}: not {what}") from None
+  if kind is str:
+    return text
+  raise TypeError(f"parse_arg: the default of {key!r} must be a bool, int, float or str, got "
+                  f"{kind.__name__}")
+
+
+def parse_arg(arg: Optional[str], choices: Optional[Mapping[str, Sequence[Any]]] = None,
+              **defaults: Any) -> types.SimpleNamespace:
+  """A config file's argument `key=value,key=value` as typed fields (the idea of big_vision's
+  `parse_arg`): every key is one of `defaults`, its value is read as its default's type (a bool
+  from true/false, an int, a float or a string), and a key not given keeps its default. A bare
+  `key` is `key=true` for a boolean key. `choices` restricts a key to the values it lists.
+
+  An unknown or repeated key, a value that does not parse as its type, or one outside its
+  choices raises `ArgumentError` with one line naming it and what is allowed.
+  """
+  choices = dict(choices or {})
+  values, given = dict(defaults), set()
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, text = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ArgumentError(f"config argument {key!r}: unknown key; allowed: "
+                          + ", ".join(f"{k}={v!r}" for k, v in defaults.items()))
+    if key in given:
+      raise ArgumentError(f"config argument {key!r}: given twice")
+    if not eq and type(defaults[key]) is not bool:
+      raise ArgumentError(f"config argument {key!r}: needs a value ({key}=...)")
+    value = _typed(key, text.strip(), defaults[key]) if eq else True
+    if key in choices and value not in choices[key]:
+      raise ArgumentError(f"config argument {key}={text.strip()}: unknown value; allowed: "
+                          + ", ".join(repr(c) for c in choices[key]))
+    values[key] = value
+    given.add(key)
+  return types.SimpleNamespace(**values)
 
 
 def _check_variant(variant: str | None) -> str:
@@ -202,6 +272,10 @@ def with_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Con
   return c
 
 
+# The choices of the arguments every dataset file takes (`parse_arg`).
+ARG_CHOICES = {"preset": tuple(PRESETS), "variant": VARIANTS}
+
+
 def with_learned_guidance(c: ml_collections.ConfigDict, w_min: float = 0.0, w_max: float = 4.0,
                           scales=(0.0, 1.0, 2.0, 4.0),
                           label_dropout: float = 0.1) -> ml_collections.ConfigDict:
@@ -213,6 +287,19 @@ def with_learned_guidance(c: ml_collections.ConfigDict, w_min: float = 0.0, w_ma
   c.guidance.w_min, c.guidance.w_max = w_min, w_max
   c.eval.guidance = tuple(scales)
   c.sample.guidance = tuple(scales)
+  return c
+
+
+def with_fixed_guidance(c: ml_collections.ConfigDict, omega: float = 1.5, kappa: float = 0.25,
+                        label_dropout: float = 0.1) -> ml_collections.ConfigDict:
+  """Sets `c` to class-conditional training with MeanFlow's fixed guidance (`docs/method.md` §9):
+  one scale built into the conditional-velocity target, omega dI + kappa sg b(.|c) +
+  (1 - omega - kappa) sg b(.|null) on labelled rows, so that the map (no w input) is the guided
+  flow's of scale omega / (1 - kappa) (2 by default), at which it is evaluated and sampled."""
+  c.data.conditional = True
+  c.data.label_dropout = label_dropout
+  c.guidance.fixed_omega, c.guidance.fixed_kappa = omega, kappa
+  c.eval.guidance = c.sample.guidance = (omega / (1.0 - kappa),)
   return c
 
 
@@ -273,6 +360,15 @@ def gaussian_mixture(variant: str | None = None) -> ml_collections.ConfigDict:
   c.data.radius = 1.0
   c.data.std = 0.1
   c.interpolant.sigma0 = 0.714  # the data std per coordinate: sqrt(radius^2 / 2 + std^2)
+  return c
+
+
+def wide_gaussian_mixture(variant: str | None = None) -> ml_collections.ConfigDict:
+  """The mixture with components of std 0.25 instead of 0.1, for guidance: they overlap, so that
+  at w = 0 a sample's nearest mode is its label's only by chance and the fraction rises with w."""
+  c = gaussian_mixture(variant)
+  c.data.std = 0.25
+  c.interpolant.sigma0 = 0.75  # sqrt(radius^2 / 2 + std^2)
   return c
 
 

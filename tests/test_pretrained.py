@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-import jax
+import chex
 import numpy as np
 import pytest
 
@@ -49,14 +49,12 @@ def test_loads_the_runs_own_network_and_weights(teacher):
   cfg = config_defaults.with_preset(config_defaults.checkerboard("smoke"), "flow_matching")
   state = checkpoints.Checkpoints(str(teacher)).restore(
       train.init_state(train.build_experiment(cfg)))
-  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(state.ema[0])):
-    np.testing.assert_array_equal(a, np.asarray(b))
+  chex.assert_trees_all_equal(loaded.params, state.ema[0])  # the same tree, leaf by leaf
   online = pretrained.load(_student(f"{teacher}@10", pretrained_params="online"), (2,))
   assert online.info["step"] == 10
   state10 = checkpoints.Checkpoints(str(teacher)).restore(
       train.init_state(train.build_experiment(cfg)), 10)
-  for a, b in zip(jax.tree.leaves(online.params), jax.tree.leaves(state10.params)):
-    np.testing.assert_array_equal(a, np.asarray(b))
+  chex.assert_trees_all_equal(online.params, state10.params)  # the same tree, leaf by leaf
 
 
 def test_a_teacher_written_before_a_field_existed_loads(teacher, tmp_path):
@@ -68,8 +66,7 @@ def test_a_teacher_written_before_a_field_existed_loads(teacher, tmp_path):
   assert "dropout" not in json.loads((old / "config.json").read_text())["objective"]
   loaded = pretrained.load(_student(str(old)), (2,))
   reference = pretrained.load(_student(str(teacher)), (2,))
-  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(reference.params)):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(loaded.params, reference.params)  # the same tree, leaf by leaf
 
 
 def _copy_with(teacher, tmp_path, edit):

@@ -7,6 +7,7 @@ jitted function is compiled once, at XLA's lowest backend optimisation level, an
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -98,8 +99,7 @@ def test_initial_output_is_zero_and_tree_matches_flow_map_model_init(module, mod
   np.testing.assert_array_equal(model.log_weight(params, s, t), 0.0)  # w = 0 at start
   # Same tree, shapes and dtypes as the flax initialiser (by shape evaluation only).
   reference = jax.eval_shape(model.init, jax.random.key(0), x)
-  shapes = jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), params)
-  assert shapes == jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), reference)
+  chex.assert_trees_all_equal_shapes_and_dtypes(params, reference)
 
 
 def test_output_shape_dtype_and_weight_shape(model, params, inputs, forward):
@@ -108,7 +108,8 @@ def test_output_shape_dtype_and_weight_shape(model, params, inputs, forward):
   assert v.shape == x.shape and v.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(v))) and float(jnp.std(v)) > 1e-2
   w = model.log_weight(params, s, t)
-  assert w.shape == (BATCH,) and bool(jnp.all(jnp.isfinite(w)))
+  chex.assert_shape(w, (BATCH,))
+  chex.assert_tree_all_finite(w)
   with pytest.raises(ValueError, match="built for 8x8x3"):
     model.bind(params)(s, t, jnp.zeros((BATCH, 16, 16, 3)))
 

@@ -301,7 +301,8 @@ def _missing_message(info: DatasetInfo, data_dir: str, reason: str) -> str:
   build = f"tfds build {info.tfds_name} --data_dir=DIR --file_format=array_record"
   if info.name == "cifar10":
     how = (
-        "  - on a machine with network: `pip install tensorflow-datasets tensorflow-cpu`, run\n"
+        "  - on a machine with network: `pip install -e '.[tfds-build]'` (TensorFlow, which\n"
+        "    building needs and reading does not), run\n"
         f"    `{build}` and copy DIR/cifar10 into {data_dir}/; or\n"
         "  - offline: download https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz, put it in\n"
         "    DIR/downloads/manual/ (tfds's manual download directory) and run the same command\n"
@@ -313,7 +314,8 @@ def _missing_message(info: DatasetInfo, data_dir: str, reason: str) -> str:
         "    https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Google Drive; tfds's own download\n"
         "    of them usually fails);\n"
         f"  - put them in {data_dir}/downloads/manual/ (tfds's manual download directory);\n"
-        f"  - run `{build}` with DIR = {data_dir}: it reads the manual directory, no network.")
+        f"  - run `{build}` with DIR = {data_dir}: it reads the manual directory, no network\n"
+        "    (building needs TensorFlow: `pip install -e '.[tfds-build]'`).")
   return (f"{info.name}: {reason}\n"
           f"Nothing is downloaded at run time. Prepare tfds '{info.tfds_name}' as array_record:\n"
           f"{how}\n"
