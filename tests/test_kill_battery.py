@@ -1,0 +1,86 @@
+"""The kill battery (`experiments/kill_battery.py`): kill -9s and SIGTERMs at seeded moments of a
+real CLI run, each resumed, ending bitwise equal to an uninterrupted run; and the comparisons it
+rests on, shown to fail on a one-ulp change."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENGINE = os.path.join(ROOT, "experiments", "kill_battery.py")
+_spec = importlib.util.spec_from_file_location("kill_battery", ENGINE)
+kill_battery = importlib.util.module_from_spec(_spec)
+sys.modules["kill_battery"] = kill_battery  # dataclasses look their module up while it executes
+_spec.loader.exec_module(kill_battery)
+
+
+def test_the_plan_is_drawn_from_the_seed():
+  a = kill_battery.plan(16, seed=3, span=160)
+  assert a == kill_battery.plan(16, seed=3, span=160)
+  assert a != kill_battery.plan(16, seed=4, span=160)
+  steps = [k.step for k in a]
+  assert steps == sorted(set(steps)) and 1 <= steps[0] and steps[-1] <= 160
+  # As many kills as moments: each moment once, in a seeded order.
+  assert sorted(k.moment for k in a) == sorted(kill_battery.MOMENTS)
+  assert all(k.delay == 0 for k in a if k.moment != "timed")
+
+
+def test_the_comparisons_see_a_one_ulp_change(tmp_path):
+  tree = {"params": {"w": np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)},
+          "step": np.int32(7)}
+  assert kill_battery.compare_trees(tree, tree) == []
+  w = tree["params"]["w"].copy()
+  w[1, 2] = np.nextafter(w[1, 2], np.float32(2))
+  assert kill_battery.compare_trees(tree, {**tree, "params": {"w": w}}) == ["['params']['w']"]
+  assert kill_battery.compare_trees(tree, {**tree, "step": np.int64(7)}) == ["['step']"]
+  assert kill_battery.self_check(tree, [{"step": 3, "loss": 0.5}]) == []
+  # Checkpoint metadata: the arrays' sha256 and the open logging window.
+  for name, sha, window in (("a", "00", [1.0]), ("b", "00", [1.0]), ("c", "01", [1.0]),
+                            ("d", "00", [1.5])):
+    step_dir = tmp_path / name / "checkpoints" / "5"
+    step_dir.mkdir(parents=True)
+    (step_dir / "_CHECKPOINT_METADATA").write_text(json.dumps({"custom_metadata": {
+        "digest": {"arrays": {"['params']": {"sha256": sha}}},
+        "metrics_window": {"loss": window}}}))
+  assert kill_battery.compare_checkpoint(str(tmp_path / "a"), str(tmp_path / "b"), 5) is None
+  assert "arrays differ: ['params']" in kill_battery.compare_checkpoint(
+      str(tmp_path / "c"), str(tmp_path / "a"), 5)
+  assert "window differs" in kill_battery.compare_checkpoint(
+      str(tmp_path / "d"), str(tmp_path / "a"), 5)
+  # metrics.jsonl: timing fields aside, a torn last line seen and left out.
+  (tmp_path / "a" / "metrics.jsonl").write_text(
+      '{"step": 3, "loss": 0.5, "steps_per_sec": 9.0}\n{"step": 6, "lo')
+  assert kill_battery.metrics_records(str(tmp_path / "a")) == ([{"step": 3, "loss": 0.5}], True)
+
+
+@pytest.mark.slow
+def test_kills_at_seeded_moments_resume_bitwise(tmp_path):
+  """Three kills: one inside a save (every file written, not yet renamed), a SIGTERM, and one
+  while the resume rewrites metrics.jsonl; every count must be full."""
+  moments = "save_precommit,term_step,truncate"
+  r = subprocess.run([sys.executable, ENGINE, "--kills=3", "--seed=0", f"--workdir={tmp_path}",
+                      f"--moments={moments}"], cwd=ROOT, capture_output=True, text=True,
+                     timeout=900)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  kills = [json.loads(l) for l in open(tmp_path / "kills.jsonl")]
+  assert sorted(k["moment"] for k in kills) == sorted(moments.split(","))
+  assert [k["signal"] for k in kills].count("SIGTERM") == 1
+  assert all(k["returncode"] == (143 if k["signal"] == "SIGTERM" else -9) for k in kills)
+  assert (summary["injected"], summary["resumed"], summary["params_equal"],
+          summary["metrics_equal"]) == (3, 3, 3, 3)
+  assert (summary["sigkill"], summary["sigterm"], summary["during_save"],
+          summary["during_start_up"]) == (2, 1, 1, 1)
+  assert summary["final_state_equal"] and summary["final_metrics_equal"]
+  assert summary["self_check"] and summary["failures"] == 0 and summary["problems"] == []
+  steps = summary["steps"]
+  assert summary["metrics_lines"] == len(set(range(3, steps + 1, 3)) | {steps})
+  assert kill_battery.summary_line(summary) in r.stdout
