@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from flow_maps import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "experiments", "kill_battery.py")
@@ -59,6 +60,22 @@ def test_the_comparisons_see_a_one_ulp_change(tmp_path):
   (tmp_path / "a" / "metrics.jsonl").write_text(
       '{"step": 3, "loss": 0.5, "steps_per_sec": 9.0}\n{"step": 6, "lo')
   assert kill_battery.metrics_records(str(tmp_path / "a")) == ([{"step": 3, "loss": 0.5}], True)
+
+
+def test_a_kill_between_write_and_rename_leaves_no_temp_file_behind(tmp_path):
+  """Found by the battery (a kill while metrics.jsonl was rewritten on resume): each such kill
+  left a `.metrics.jsonl.tmp.<pid>` for good. The next write now deletes those of dead pids."""
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  path = tmp_path / "metrics.jsonl"
+  stale = tmp_path / f".metrics.jsonl.tmp.{dead.pid}"
+  live = tmp_path / f".metrics.jsonl.tmp.{os.getppid()}"  # a writer still running: kept
+  other = tmp_path / f".config.json.tmp.{dead.pid}"  # another file's: not this write's business
+  for p in (stale, live, other):
+    p.write_text("half")
+  workdir_lib.atomic_write(str(path), "{}\n")
+  assert path.read_text() == "{}\n"
+  assert not stale.exists() and live.exists() and other.exists()
 
 
 @pytest.mark.slow
