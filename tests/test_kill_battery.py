@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from flow_maps import workdir as workdir_lib
+from test_robustness import TRAIN
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "experiments", "kill_battery.py")
@@ -101,3 +102,50 @@ def test_kills_at_seeded_moments_resume_bitwise(tmp_path):
   steps = summary["steps"]
   assert summary["metrics_lines"] == len(set(range(3, steps + 1, 3)) | {steps})
   assert kill_battery.summary_line(summary) in r.stdout
+
+
+# --------------------------------------------------------------------------- failing background saves
+
+# The real CLI with a fault inside Orbax's background thread at the save of step 14: the commit
+# (every file written, the rename fails as on a full disk) or the rotation that deletes the
+# oldest checkpoint after the commit (permission denied).
+BACKGROUND_FAULT_MAIN = """
+import runpy, sys
+from orbax.checkpoint._src.path import atomicity, deleter
+fault = sys.argv[1]
+finalize, delete = atomicity.AtomicRenameTemporaryPath.finalize, deleter.PathDeleter.delete
+async def failing_finalize(self, *args, **kwargs):
+  if fault == "commit" and self.get_final().name == "14":
+    raise OSError(28, "No space left on device")
+  return await finalize(self, *args, **kwargs)
+def failing_delete(self, path, *args, **kwargs):
+  if fault == "rotation":
+    raise PermissionError(13, "Permission denied", str(path))
+  return delete(self, path, *args, **kwargs)
+atomicity.AtomicRenameTemporaryPath.finalize = failing_finalize
+deleter.PathDeleter.delete = failing_delete
+sys.argv = ["flow_maps.main"] + sys.argv[2:]
+runpy.run_module("flow_maps.main", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("fault", ["commit", pytest.param("rotation", marks=pytest.mark.slow)])
+def test_a_save_failing_in_orbax_background_thread_stops_the_run(tmp_path, fault):
+  workdir = tmp_path / "run"
+  train = [*TRAIN, "--config.train.keep_checkpoints=1", f"--workdir={workdir}"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             TF_CPP_MIN_LOG_LEVEL="3")
+  r = subprocess.run([sys.executable, "-c", BACKGROUND_FAULT_MAIN, fault, *train], env=env,
+                     cwd=ROOT, capture_output=True, text=True, timeout=300)  # no hang
+  assert r.returncode == 1, r.stderr
+  assert "Traceback" not in r.stderr
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("CheckpointSaveError: cannot save the checkpoint at step 14"), last
+  assert [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")] == [3, 6, 9, 12]
+  assert not (workdir / ".lock").exists()
+  if fault == "commit":
+    assert "No space left on device" in last
+    assert kill_battery.committed_steps(str(workdir)) == [7]
+  else:  # step 14 was committed; deleting step 7 failed
+    assert "Permission denied" in last
+    assert kill_battery.committed_steps(str(workdir)) == [7, 14]
