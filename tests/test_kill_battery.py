@@ -149,3 +149,24 @@ def test_a_save_failing_in_orbax_background_thread_stops_the_run(tmp_path, fault
   else:  # step 14 was committed; deleting step 7 failed
     assert "Permission denied" in last
     assert kill_battery.committed_steps(str(workdir)) == [7, 14]
+
+
+# --------------------------------------------------------------------------- several processes
+
+
+@pytest.mark.slow
+def test_two_processes_fall_back_past_a_corrupt_checkpoint_together(tmp_path):
+  """Process 0 moves a corrupt checkpoint aside; every process must then see the same steps.
+  Before the barrier and reload, process 1 kept listing the moved step 20, so its Orbax skipped
+  the next save of step 20 (not after its latest) while process 0 waited for it in that save."""
+  from test_multihost import digest, run as run_processes
+  from test_robustness import data_files, flip_a_byte
+  run_processes(tmp_path, 2, 2, "--config.train.num_steps=20")
+  flip_a_byte(data_files(tmp_path / "checkpoints" / "20")[-1])
+  out = run_processes(tmp_path, 2, 2, "--config.train.num_steps=30")
+  for _, err in out:
+    assert "falling back to the newest intact checkpoint, step 10" in err, err[-2000:]
+  assert kill_battery.committed_steps(str(tmp_path)) == [10, 20, 30]
+  # Steps 11 to 20 trained again, bit for bit: the digest saved with the original step 20.
+  with open(tmp_path / "corrupt_checkpoints" / "20" / "_CHECKPOINT_METADATA") as f:
+    assert json.load(f)["custom_metadata"]["digest"] == digest(tmp_path, 20)
