@@ -128,10 +128,14 @@ class Checkpoints:
       if jax.process_index() == 0:
         self._write_files_digest(step)
     except Exception as e:  # orbax and tensorstore raise many types: name the step and cause
+      # The rename is the commit: past it, only rotation or files.sha256 can have failed.
+      state = (f"step {step} itself was committed (a restore verifies its arrays)"
+               if os.path.isdir(self.step_dir(step)) else
+               "the last committed checkpoint is untouched")
       raise CheckpointSaveError(
           f"cannot save the checkpoint at step {step} in {self.directory}: "
-          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}; the run stopped here, the "
-          "last committed checkpoint is untouched") from e
+          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}; the run stopped here, "
+          f"{state}") from e
     if step not in self._manager.all_steps():
       raise CheckpointSaveError(f"the checkpoint at step {step} in {self.directory} was not "
                                 "committed; the run stopped here")

@@ -145,9 +145,11 @@ def test_a_save_failing_in_orbax_background_thread_stops_the_run(tmp_path, fault
   assert not (workdir / ".lock").exists()
   if fault == "commit":
     assert "No space left on device" in last
+    assert last.endswith("the last committed checkpoint is untouched")
     assert kill_battery.committed_steps(str(workdir)) == [7]
-  else:  # step 14 was committed; deleting step 7 failed
+  else:  # deleting step 7 failed after step 14 was committed: the message says so
     assert "Permission denied" in last
+    assert last.endswith("step 14 itself was committed (a restore verifies its arrays)")
     assert kill_battery.committed_steps(str(workdir)) == [7, 14]
 
 
