@@ -169,7 +169,7 @@ def child(kill: Optional[Kill], argv: list[str]) -> None:
           hit(count["step"])
       out = step_fn(train_state, batch)
       count["step"] += 1
-      if count["step"] >= kill.step if kill else False:
+      if kill and count["step"] >= kill.step:
         if moment in ("step", "term_step"):
           hit(count["step"])
         elif moment == "timed" and not state["fired"]:
