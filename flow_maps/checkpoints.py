@@ -128,10 +128,14 @@ class Checkpoints:
       if jax.process_index() == 0:
         self._write_files_digest(step)
     except Exception as e:  # orbax and tensorstore raise many types: name the step and cause
+      # The rename is the commit: past it, only rotation or files.sha256 can have failed.
+      state = (f"step {step} itself was committed (a restore verifies its arrays)"
+               if os.path.isdir(self.step_dir(step)) else
+               "the last committed checkpoint is untouched")
       raise CheckpointSaveError(
           f"cannot save the checkpoint at step {step} in {self.directory}: "
-          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}; the run stopped here, the "
-          "last committed checkpoint is untouched") from e
+          f"{type(e).__name__}: {' '.join(str(e).split())[:400]}; the run stopped here, "
+          f"{state}") from e
     if step not in self._manager.all_steps():
       raise CheckpointSaveError(f"the checkpoint at step {step} in {self.directory} was not "
                                 "committed; the run stopped here")
@@ -268,16 +272,47 @@ class Checkpoints:
     """The newest checkpoint that passes its digests. Each bad one is reported on stderr by step
     and file; if an older one is intact it is restored (and, with `move_aside`, the bad ones are
     moved to DIR/corrupt_checkpoints/ so that the run can write those steps again). With none
-    intact, CorruptCheckpointError names them all and nothing is moved."""
+    intact, CorruptCheckpointError names them all and nothing is moved.
+
+    With several processes and `move_aside`, every process must call this: process 0 moves the
+    bad ones only once every process has read its checkpoint, and every process lists the
+    steps again afterwards (else its Orbax would still count a moved step as saved, skip the
+    next save of that step, and leave process 0 waiting for it inside the save)."""
     for attempt in range(GONE_RETRIES):
       try:
-        return self._restore_latest_intact(target, move_aside)
+        state, step, bad = self._restore_latest_intact(target)
+        break
       except CheckpointGoneError:
         if attempt == GONE_RETRIES - 1:
           raise
         self._manager.reload()  # a live run replaced the checkpoint: list them again
+    several = move_aside and jax.process_count() > 1
+    if several:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("flow_maps: checkpoints read")
+    where = ""
+    if bad and move_aside and jax.process_index() == 0:
+      aside = os.path.join(self.workdir, "corrupt_checkpoints")
+      os.makedirs(aside, exist_ok=True)
+      for s, _ in bad:
+        dest = os.path.join(aside, str(s))
+        n = 1
+        while os.path.exists(dest):
+          dest, n = os.path.join(aside, f"{s}.{n}"), n + 1
+        shutil.move(self.step_dir(s), dest)
+      where = f"; moved {'them' if len(bad) > 1 else 'it'} to {aside}"
+    if several:
+      multihost_utils.sync_global_devices("flow_maps: corrupt checkpoints moved aside")
+    if bad and move_aside:
+      self._manager.reload()
+    if bad:
+      print(f"falling back to the newest intact checkpoint, step {step} (step"
+            f"{'s' if len(bad) > 1 else ''} {', '.join(str(s) for s, _ in bad)} "
+            f"failed verification{where})", file=sys.stderr, flush=True)
+    return state
 
-  def _restore_latest_intact(self, target: Any, move_aside: bool) -> Any:
+  def _restore_latest_intact(self, target: Any) -> tuple[Any, int, list[tuple[int, str]]]:
+    """(state, its step, [(step, problem)] of the newer ones that failed), moving nothing."""
     steps = self.all_steps()
     if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
@@ -292,23 +327,7 @@ class Checkpoints:
         print(f"checkpoint error: {e}", file=sys.stderr, flush=True)
         bad.append((step, str(e)))
         continue
-      if bad:
-        where = ""
-        if move_aside and jax.process_index() == 0:
-          aside = os.path.join(self.workdir, "corrupt_checkpoints")
-          os.makedirs(aside, exist_ok=True)
-          for s, _ in bad:
-            dest = os.path.join(aside, str(s))
-            n = 1
-            while os.path.exists(dest):
-              dest, n = os.path.join(aside, f"{s}.{n}"), n + 1
-            shutil.move(self.step_dir(s), dest)
-          where = f"; moved {'them' if len(bad) > 1 else 'it'} to {aside}"
-          self._manager.reload()
-        print(f"falling back to the newest intact checkpoint, step {step} (step"
-              f"{'s' if len(bad) > 1 else ''} {', '.join(str(s) for s, _ in bad)} "
-              f"failed verification{where})", file=sys.stderr, flush=True)
-      return state
+      return state, step, bad
     raise CorruptCheckpointError(
         f"no intact checkpoint in {self.directory}: " + "; ".join(m for _, m in bad) +
         ". Nothing was changed")

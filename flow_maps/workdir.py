@@ -1,7 +1,7 @@
 """The run directory's own files, safe against kills and against a second run.
 
 - `atomic_write`: a temp file in the same directory, fsync, `os.replace`: a kill leaves the old
-  file or the new one, never half of one.
+  file or the new one, never half of one (and the next write deletes the temp file it left).
 - `RunLock`: `DIR/.lock` names the host and pid of the run that trains in DIR; a second run is
   refused, and a lock left by a killed run (same host, pid not alive) is replaced.
 - `compare_configs` / `record_config_changes`: on resume the stored `DIR/config.json` and the new
@@ -60,7 +60,9 @@ def changes_meaning(path: str) -> bool:
 
 def atomic_write(path: str, text: str) -> None:
   directory = os.path.dirname(os.path.abspath(path))
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.{os.getpid()}")
+  prefix = f".{os.path.basename(path)}.tmp."
+  tmp = os.path.join(directory, f"{prefix}{os.getpid()}")
+  _remove_stale_temporaries(directory, prefix)
   try:
     with open(tmp, "w") as f:
       f.write(text)
@@ -76,6 +78,18 @@ def atomic_write(path: str, text: str) -> None:
     os.fsync(fd)
   finally:
     os.close(fd)
+
+
+def _remove_stale_temporaries(directory: str, prefix: str) -> None:
+  """Deletes the temp files of `atomic_write` (PREFIX<pid>) left by processes that are gone: a
+  kill between the write and the rename leaves one, and every kill would add another."""
+  for name in os.listdir(directory):
+    pid = name[len(prefix):]
+    if name.startswith(prefix) and pid.isdigit() and _pid_start_time(int(pid)) is None:
+      try:
+        os.remove(os.path.join(directory, name))
+      except FileNotFoundError:
+        pass  # another process removed it first
 
 
 # --------------------------------------------------------------------------- the lock
