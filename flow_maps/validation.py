@@ -114,6 +114,7 @@ def _mixture_nd(config) -> None:
   _number(config, "data.separation", low=0.0)
   _number(config, "data.component_std", low=0.0, low_open=True)
   _number(config, "data.means_seed", low=0, integer=True)
+  _choice(config, "eval.ode_sampler", sampling.ODE_SAMPLERS)
   for field in ("lipschitz_times", "lipschitz_samples", "lipschitz_iterations"):
     _number(config, f"eval.{field}", low=1, integer=True)
   if not isinstance(_require(config, "eval.lipschitz_model"), bool):

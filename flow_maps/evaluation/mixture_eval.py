@@ -10,8 +10,9 @@ A histogram KL does not exist in d dimensions, so a run is measured by
     not vanish even between two draws of the same law, and the bias grows with d, roughly as
     n^(-1/d)), so the same estimator between two independent exact sample sets is reported as
     `w2_floor`: differences below it are not resolved;
-  - the same two numbers for the ODE on the model's own velocity v_{t,t} (`ode_steps`, Heun by
-    default: the baseline, and flow matching's sampler);
+  - the same two numbers for the ODE on the model's own velocity v_{t,t} (`ode_steps`; the
+    configs use Euler, as many network calls as the N-step map: the baseline, and flow
+    matching's sampler);
   - the Lipschitz constant of b_t (`lipschitz_estimate`): the largest Jacobian spectral norm over
     samples of I_t at a grid of times, by power iteration with jvp / vjp, for the exact velocity
     and for the model's v_{t,t}, next to the dataset's closed form sup over all x
@@ -151,7 +152,8 @@ def evaluate_config(v: fm.VelocityField, dataset: MixtureND, interpolant: Interp
   """`evaluate` with the settings of config.eval (`config_defaults.mixture_nd`)."""
   e = config.eval
   return evaluate(v, dataset, interpolant, key=key, steps=tuple(e.steps),
-                  ode_steps=tuple(e.ode_steps), num_samples=e.num_samples,
+                  ode_steps=tuple(e.ode_steps), ode_sampler=e.ode_sampler,
+                  num_samples=e.num_samples,
                   batch_size=e.batch_size, sampler=e.sampler, lipschitz_times=e.lipschitz_times,
                   lipschitz_samples=e.lipschitz_samples,
                   lipschitz_iterations=e.lipschitz_iterations,
