@@ -201,7 +201,7 @@ def test_sweep_members():
   """Every size expands to distinct members over objective x dim x separation x seed, each
   config file present."""
   from flow_maps import sweeps
-  for arg, count in (("", 420), ("small", 12), ("smoke", 4)):
+  for arg, count in (("", 420), ("small", 8), ("smoke", 4)):
     members = sweeps.load_sweep(f"experiments/sweeps/mixture_nd.py:{arg}" if arg else
                                 "experiments/sweeps/mixture_nd.py").expand()
     assert len(members) == count
@@ -253,3 +253,35 @@ def test_figures_from_sweep_results(tmp_path):
   assert fm["sampler"] == "euler"
   for name in ("mixture_nd_vs_dim.png", "mixture_nd_vs_lipschitz.png"):
     assert os.path.getsize(os.path.join(root, name)) > 1000
+
+
+def test_best_checkpoint_of_a_mixture_run_is_by_flow_map_error(tmp_path):
+  """Without KL or FID, the best checkpoint per N is the one of the lowest flow-map error."""
+  from flow_maps.evaluation import run_eval
+  for step, errors in ((10, {"1": 0.5, "4": 0.1}), (20, {"1": 0.3, "4": 0.2})):
+    with open(tmp_path / f"step_{step}.json", "w") as f:
+      json.dump({"step": step, "params": "online", "flow_map_error": errors, "w2": errors}, f)
+  best = run_eval.best_per_step_count(str(tmp_path), "online")
+  assert best["metric"] == "flow_map_error"
+  assert best["best"] == {"1": {"value": 0.3, "step": 20}, "4": {"value": 0.1, "step": 10}}
+
+
+@pytest.mark.slow
+def test_smoke_sweep_member_then_figures(tmp_path):
+  """One member of the smoke sweep through the sweep runner and the CLI (train, then the
+  mixture evaluation), then the figures from its real eval JSON."""
+  root = str(tmp_path / "root")
+  sweep = "experiments/sweeps/mixture_nd.py:smoke"
+  proc = subprocess.run([sys.executable, "experiments/sweep.py", sweep, f"--root={root}", "run",
+                         "--index=1"], cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  workdir = [os.path.join(root, d) for d in os.listdir(root) if d.startswith("1_")][0]
+  with open(os.path.join(workdir, "eval", "step_4.json")) as f:
+    result = json.load(f)
+  assert result["dim"] == 4 and set(result["flow_map_error"]) == {"1", "2"}
+  assert result["lipschitz"]["exact"] <= result["lipschitz"]["sup_on_grid"] * (1 + 1e-5)
+  proc = subprocess.run([sys.executable, "experiments/mixture_figures.py", sweep,
+                         f"--root={root}", "--steps=1,2"], cwd=ROOT, capture_output=True,
+                        text=True)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert os.path.exists(os.path.join(root, "mixture_nd_vs_lipschitz.png"))
