@@ -80,10 +80,11 @@ def write_csv(summary: list[dict], path: str) -> None:
 def plot(summary: list[dict], x_name: str, line_key: str, steps, path: str, x_label: str,
          log2_x: bool) -> None:
   """Panels (flow-map error, W2) x N; one line per objective and `line_key` value, against
-  `x_name`; error bars are the std over seeds where there are several. W2 panels show the
-  estimator's floor (two exact sample sets) dotted."""
+  `x_name`; error bars are the std over seeds where there are several. W2 panels against d
+  show the estimator's floor (two exact sample sets) dotted."""
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+  from matplotlib.ticker import NullFormatter
 
   metrics = (("error", "flow-map error  E|X^N - X_ref|^2"), ("w2", "W2 to data"))
   fig = Figure(figsize=(3.6 * len(steps), 3.2 * len(metrics)))
@@ -103,14 +104,17 @@ def plot(summary: list[dict], x_name: str, line_key: str, steps, path: str, x_la
                 f"{line_key} {value:g}"
         ax.errorbar(x, y, yerr=None if np.all(np.isnan(err)) else err, marker="o", ms=3,
                     label=label, capsize=2)
-        if metric == "w2" and objective == summary[0]["objective"]:
-          ax.plot(x, [r["w2_floor"] for r in rows], ":", color="grey")
+      if metric == "w2" and x_name == "dim":  # the floor depends on d (and n) only
+        floor = {r["dim"]: r["w2_floor"] for r in summary}
+        ax.plot(sorted(floor), [floor[d] for d in sorted(floor)], "x:", color="grey",
+                label="W2 floor (two exact sample sets)")
       ax.set_xscale("log", base=2 if log2_x else 10)
       ax.set_yscale("log")
+      ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short ranges
       ax.set_title(f"{title}, N = {n}", fontsize=8)
       ax.set_xlabel(x_label, fontsize=8)
       ax.tick_params(labelsize=7)
-      if i == 0 and j == 0:
+      if j == 0:
         ax.legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
