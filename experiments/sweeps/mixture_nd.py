@@ -10,7 +10,7 @@ picks the size:
   (none)  d in {2, 4, 8, 16, 32, 64, 128}, separation in {0.5, 1, 2, 4}, 3 seeds, 5 objectives,
           4,000 steps (420 members);
   small   d in {2, 8}, separation in {1, 4}, LSD and flow matching, seed 0, 2,000 steps
-          (8 members; the run of `docs/mixture_nd.md`: 7 to 15 minutes each on the 2-core CPU
+          (8 members; 4 ran for `docs/mixture_nd.md`, 7 to 25 minutes each on the 2-core CPU
           shared with other jobs, load average about 18);
   smoke   d in {2, 4}, separation 2, LSD and flow matching, seed 0, a few steps (tests).
 
