@@ -372,6 +372,45 @@ def wide_gaussian_mixture(variant: str | None = None) -> ml_collections.ConfigDi
   return c
 
 
+def mixture_nd(variant: str | None = None) -> ml_collections.ConfigDict:
+  """K Gaussians N(mu_k, component_std^2 I) in R^dim, the means a regular simplex of edge
+  `separation` (`data/mixture_nd.py`, `docs/mixture_nd.md`): the dimension and the velocity's
+  Lipschitz constant (about sigma0 separation^2 / component_std^3) are config values. Not in the
+  paper. Evaluated by flow-map error, W2 and the measured Lipschitz constant
+  (`evaluation/mixture_eval.py`); the MLP of the 2-D setting."""
+  c = _toy_2d(_check_variant(variant))
+  del c.eval.kl_bins  # no histogram KL in d dimensions
+  c.data.name = "mixture_nd"
+  c.data.dim = 8  # 2 or more
+  c.data.num_components = 3  # at most dim + 1 (a regular simplex)
+  c.data.separation = 2.0  # the distance between any two means (>= 0)
+  c.data.component_std = 0.25  # > 0
+  c.data.means_seed = 0  # the simplex's orientation: the same data for every training seed
+  c.interpolant.sigma0 = 1.0
+  # Evaluation (`evaluation/mixture_eval.py`): every number on eval.num_samples noise draws
+  # (W2 by exact assignment, O(n^3): keep n to a few thousand).
+  c.eval.num_samples = 2_000
+  c.eval.batch_size = 2_000
+  # The ODE on v_{t,t} with Euler at the map's step counts: the same network calls per sample
+  # as the N-step map (flow matching's own sampler).
+  c.eval.ode_steps = (1, 2, 4, 8, 16)
+  c.eval.ode_sampler = "euler"  # euler | heun (2 calls per step)
+  c.eval.lipschitz_times = 24  # times of the Lipschitz estimate, dense towards t = 1
+  c.eval.lipschitz_samples = 128  # samples of I_t per time
+  c.eval.lipschitz_iterations = 20  # power iterations on J^T J
+  c.eval.lipschitz_model = True  # also estimate it for the model's v_{t,t}
+  if variant == "smoke":
+    c.data.dim = 4
+    c.eval.num_samples = 256
+    c.eval.batch_size = 256
+    c.eval.steps = (1, 2)
+    c.eval.ode_steps = (2,)
+    c.eval.lipschitz_times = 4
+    c.eval.lipschitz_samples = 16
+    c.eval.lipschitz_iterations = 5
+  return c
+
+
 # ------------------------------------------------------------------------------------------------
 # Images (`docs/method.md` §5): the two-time EDM2 UNet of `flow_maps/networks/unet.py` on datasets of
 # `flow_maps/data/images.py`, pixels in [-1, 1].

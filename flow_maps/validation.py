@@ -103,6 +103,24 @@ def _model(config) -> None:
     _number(config, "model.fourier_bandwidth", low=0.0, low_open=True)
 
 
+def _mixture_nd(config) -> None:
+  """The d-D mixture's data and evaluation fields (`data/mixture_nd.py`)."""
+  _number(config, "data.dim", low=2, integer=True)
+  _number(config, "data.num_components", low=1, integer=True)
+  if config.data.num_components > config.data.dim + 1:
+    _fail("data.num_components", f"the means are a regular simplex, which has at most dim + 1 = "
+          f"{config.data.dim + 1} vertices in {config.data.dim} dimensions, got "
+          f"{config.data.num_components}")
+  _number(config, "data.separation", low=0.0)
+  _number(config, "data.component_std", low=0.0, low_open=True)
+  _number(config, "data.means_seed", low=0, integer=True)
+  _choice(config, "eval.ode_sampler", sampling.ODE_SAMPLERS)
+  for field in ("lipschitz_times", "lipschitz_samples", "lipschitz_iterations"):
+    _number(config, f"eval.{field}", low=1, integer=True)
+  if not isinstance(_require(config, "eval.lipschitz_model"), bool):
+    _fail("eval.lipschitz_model", f"must be True or False, got {config.eval.lipschitz_model!r}")
+
+
 def _step_counts(field: str, steps, *, allow_empty: bool) -> None:
   """A tuple of numbers of sampling steps, each an int >= 1."""
   if not isinstance(steps, (tuple, list)) or not (steps or allow_empty) or not all(
@@ -245,6 +263,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _no_unknown_fields(config)
   _number(config, "seed", integer=True)
   _choice(config, "data.name", data_lib.DATASETS)
+  if config.data.name == "mixture_nd":
+    _mixture_nd(config)
   _choice(config, "interpolant.name", interpolants.INTERPOLANTS)
   _number(config, "interpolant.sigma0", low=0, low_open=True)
   _model(config)

@@ -1,8 +1,9 @@
 """Data sources.
 
 Two kinds, one per family:
-  - 2-D toy data (`toy2d.py`) is drawn in JAX from the step's key inside the train step, so a
-    resumed or multi-device run needs no pipeline state at all;
+  - toy data (2-D: `toy2d.py`; a d-D Gaussian mixture: `mixture_nd.py`) is drawn in JAX from
+    the step's key inside the train step, so a resumed or multi-device run needs no pipeline
+    state at all;
   - images (`images.py`) come from the host with random access by step, so the position a
     checkpoint records is the step itself.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
-TOY_DATASETS = ("checkerboard", "gaussian_mixture")
+TOY_2D = ("checkerboard", "gaussian_mixture")
+TOY_DATASETS = TOY_2D + ("mixture_nd",)  # mixture_nd: d-D, `mixture_nd.py`
 IMAGE_DATASETS = ("cifar10", "celeba64", "digits", "mnist5k")
 DATASETS = TOY_DATASETS + IMAGE_DATASETS
 
@@ -20,7 +22,7 @@ DATASETS = TOY_DATASETS + IMAGE_DATASETS
 NOT_DATASET_PARAMS = ("name", "conditional", "label_dropout")
 # The data sets whose labels the pipeline carries (data.conditional); the image ones are those
 # with `images.DatasetInfo.num_classes` > 0 (celeba64 has no class labels).
-LABELLED = TOY_DATASETS + ("cifar10", "digits", "mnist5k")
+LABELLED = TOY_2D + ("cifar10", "digits", "mnist5k")
 
 
 def num_classes(config: ml_collections.ConfigDict) -> int:
@@ -41,6 +43,9 @@ def is_toy(config: ml_collections.ConfigDict) -> bool:
 def toy_dataset(config: ml_collections.ConfigDict):
   from flow_maps.data import toy2d
   params = {k: v for k, v in config.data.items() if k not in NOT_DATASET_PARAMS}
+  if config.data.name == "mixture_nd":
+    from flow_maps.data import mixture_nd
+    return mixture_nd.MixtureND(**params)
   return toy2d.get_toy_dataset(config.data.name, **params)
 
 
@@ -53,6 +58,6 @@ def image_dataset(config: ml_collections.ConfigDict, split: str = "train"):
 def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   """The shape of one sample, without loading any data."""
   if is_toy(config):
-    return (2,)
+    return (toy_dataset(config).dim,)
   from flow_maps.data import images
   return tuple(images.dataset_info(config.data.name).shape)

@@ -29,6 +29,7 @@ class Toy2D:
   region holds x (-1 outside every class's region)."""
 
   name: str
+  dim = 2  # the dimension of a sample (`data.data_shape`); d-D mixtures override it
 
   @property
   def num_classes(self) -> int:
@@ -128,8 +129,53 @@ class Checkerboard(Toy2D):
     return jnp.where(self.in_support(x), log_p, -jnp.inf)
 
 
+class IsotropicMixture(Toy2D):
+  """Equal-weight mixture of isotropic Gaussians N(mu_k, std^2 I) in any dimension: the one
+  implementation of sampling, labels and density behind `GaussianMixture` (2-D, a ring) and
+  `mixture_nd.MixtureND` (d-D, a simplex). A subclass gives `means` [K, dim] and `std`;
+  `evaluation/references.py` reads both for the exact velocity (`docs/method.md` §7)."""
+
+  num_components: int
+  std: float
+
+  @property
+  def means(self) -> np.ndarray:
+    raise NotImplementedError
+
+  @property
+  def log_weights(self) -> np.ndarray:
+    """[K]: log pi_k, all equal."""
+    return np.full((self.num_components,), -math.log(self.num_components))
+
+  @property
+  def num_classes(self) -> int:
+    """One class per component."""
+    return self.num_components
+
+  @functools.partial(jax.jit, static_argnums=(0, 2))
+  def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
+    comp_key, noise_key = jax.random.split(key)
+    comp = jax.random.randint(comp_key, (n,), 0, self.num_components)
+    x = jnp.asarray(self.means)[comp] + self.std * jax.random.normal(noise_key, (n, self.dim))
+    return x, comp.astype(jnp.int32)
+
+  def label_of(self, x: Array) -> Array:
+    """The component whose mean is nearest x (the mode of its class)."""
+    x = jnp.asarray(x)
+    sq = jnp.sum((x[..., None, :] - jnp.asarray(self.means, x.dtype))**2, axis=-1)
+    return jnp.argmin(sq, axis=-1).astype(jnp.int32)
+
+  @functools.partial(jax.jit, static_argnums=0)
+  def log_density(self, x: Array) -> Array:
+    """log p(x) = logsumexp_k [log pi_k + log N(x; mu_k, std^2 I)] for x [..., d]."""
+    x = jnp.asarray(x)
+    sq = jnp.sum((x[..., None, :] - jnp.asarray(self.means, x.dtype))**2, axis=-1)
+    log_n = -sq / (2 * self.std**2) - (self.dim / 2) * math.log(2 * math.pi * self.std**2)
+    return jax.scipy.special.logsumexp(log_n + jnp.asarray(self.log_weights, x.dtype), axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
-class GaussianMixture(Toy2D):
+class GaussianMixture(IsotropicMixture):
   """Equal-weight mixture of isotropic Gaussians N(mu_k, std^2 I), mu_k evenly on a circle.
 
   mu_k = radius (cos(2 pi k / K), sin(2 pi k / K)), k = 0..K-1; defaults K = 8, radius 1,
@@ -148,41 +194,10 @@ class GaussianMixture(Toy2D):
     return self.radius * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
 
   @property
-  def log_weights(self) -> np.ndarray:
-    """[K]: log pi_k, all equal."""
-    return np.full((self.num_components,), -math.log(self.num_components))
-
-  @property
   def domain(self) -> Domain:
     """[-r, r]^2 with r = radius + 5 std ([-1.5, 1.5]^2 by default): mass outside below 1e-6."""
     r = self.radius + 5 * self.std
     return ((-r, r), (-r, r))
-
-  @property
-  def num_classes(self) -> int:
-    """One class per component."""
-    return self.num_components
-
-  @functools.partial(jax.jit, static_argnums=(0, 2))
-  def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
-    comp_key, noise_key = jax.random.split(key)
-    comp = jax.random.randint(comp_key, (n,), 0, self.num_components)
-    x = jnp.asarray(self.means)[comp] + self.std * jax.random.normal(noise_key, (n, 2))
-    return x, comp.astype(jnp.int32)
-
-  def label_of(self, x: Array) -> Array:
-    """The component whose mean is nearest x (the mode of its class)."""
-    x = jnp.asarray(x)
-    sq = jnp.sum((x[..., None, :] - jnp.asarray(self.means, x.dtype))**2, axis=-1)
-    return jnp.argmin(sq, axis=-1).astype(jnp.int32)
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def log_density(self, x: Array) -> Array:
-    """log p(x) = logsumexp_k [log pi_k + log N(x; mu_k, std^2 I)] for x [..., 2]."""
-    x = jnp.asarray(x)
-    sq = jnp.sum((x[..., None, :] - jnp.asarray(self.means, x.dtype))**2, axis=-1)
-    log_n = -sq / (2 * self.std**2) - math.log(2 * math.pi * self.std**2)
-    return jax.scipy.special.logsumexp(log_n + jnp.asarray(self.log_weights, x.dtype), axis=-1)
 
 
 TOY_DATASETS = {"checkerboard": Checkerboard, "gaussian_mixture": GaussianMixture}

@@ -1,4 +1,4 @@
-"""Exact velocities of the 2-D datasets and reference flow maps by an accurate ODE solve.
+"""Exact velocities of the toy datasets (2-D, and the d-D mixture) and reference flow maps by an accurate ODE solve.
 
 `docs/method.md` §1, §2, §7. For data x1 ~ p, noise x0 ~ N(0, sigma0^2 I) and I_t = alpha_t x0 +
 beta_t x1, the velocity is
@@ -6,8 +6,9 @@ beta_t x1, the velocity is
 Written this way (rather than as (alpha'/alpha) x + (beta' - alpha' beta / alpha) E[x1 | x]) it
 has no 0/0 at either end: E[x0 | x] and E[x1 | x] are both computed directly.
 
-  - Gaussian mixture (isotropic components): the posterior-weighted sum of the per-component
-    Gaussian velocities of `gaussian.py`, weights by logsumexp. Finite on all of [0, 1].
+  - Gaussian mixture (isotropic components, any dimension: the 2-D ring and `MixtureND`): the
+    posterior-weighted sum of the per-component Gaussian velocities of `gaussian.py`, weights by
+    logsumexp. Finite on all of [0, 1].
   - Uniform density on a union of boxes (the checkerboard): given I_t = x and a box, x1 is a
     product of truncated normals, one per coordinate, and the box's posterior weight is the
     product of their masses (`_truncated_normal`). Exact at t = 0. At t = 1 the posterior is a
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import erfcx, logsumexp, ndtr
 
-from flow_maps.data.toy2d import Checkerboard, GaussianMixture, Toy2D
+from flow_maps.data.toy2d import Checkerboard, IsotropicMixture, Toy2D
 from flow_maps.interpolants import Interpolant, per_sample
 
 Array = jax.Array
@@ -228,7 +229,7 @@ def exact_velocity(dataset: Toy2D, interpolant: Interpolant) -> Velocity:
   """The exact b_t(x) of a toy dataset under an interpolant (with its sigma0)."""
   if isinstance(dataset, Checkerboard):
     return boxes_velocity(*dataset.cells, interpolant)
-  if isinstance(dataset, GaussianMixture):
+  if isinstance(dataset, IsotropicMixture):
     return mixture_velocity(dataset.means, dataset.std, dataset.log_weights, interpolant)
   raise TypeError(f"no exact velocity for {type(dataset).__name__}")
 
@@ -240,7 +241,7 @@ def guided_velocity(dataset: Toy2D, interpolant: Interpolant):
   null label (the class count) gives b at any w."""
   if isinstance(dataset, Checkerboard):
     both, per_class = _boxes(*dataset.cells, interpolant)
-  elif isinstance(dataset, GaussianMixture):
+  elif isinstance(dataset, IsotropicMixture):
     both, per_class = _mixture(dataset.means, dataset.std, dataset.log_weights, interpolant)
   else:
     raise TypeError(f"no exact velocity for {type(dataset).__name__}")

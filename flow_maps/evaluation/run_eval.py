@@ -88,6 +88,11 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
       toy2d_eval.plot_guided(figure, out + ".png", domain=dataset.domain,
                              title=f"{config.objective.residual}, step {step}, "
                                    f"{config.eval.params} weights")
+  elif config.data.name == "mixture_nd":  # d-D: no histogram KL (`mixture_eval.py`)
+    from flow_maps.evaluation import mixture_eval
+    result = mixture_eval.evaluate_config(exp.model.bind(params), data_lib.toy_dataset(config),
+                                          exp.interpolant, config, key=_eval_key(config))
+    table = mixture_eval.format_table(result)
   elif data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval
     dataset = data_lib.toy_dataset(config)
@@ -130,7 +135,8 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
 
 def best_per_step_count(eval_dir: str, params: str) -> dict:
   """The published protocol (`docs/method.md` §6): for each number of steps N, the lowest score
-  ("fid" for images, "kl" for 2-D) over every checkpoint evaluated with `params` in `eval_dir`.
+  ("fid" for images, "kl" for 2-D, "flow_map_error" for the d-D mixture) over every checkpoint
+  evaluated with `params` in `eval_dir`.
 
   Returns {"metric", "params", "checkpoints": count, "best": {N: {"value", "step"}}}.
   """
@@ -141,7 +147,8 @@ def best_per_step_count(eval_dir: str, params: str) -> dict:
         result = json.load(f)
       if result.get("params") == params:
         results.append(result)
-  metric = "fid" if any("fid" in r for r in results) else "kl"
+  metric = "fid" if any("fid" in r for r in results) else \
+      "kl" if any("kl" in r for r in results) else "flow_map_error"  # d-D mixture: no KL
   best = {}
   for result in results:
     for n, value in result.get(metric, {}).items():

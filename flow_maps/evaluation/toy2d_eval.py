@@ -55,6 +55,12 @@ def _batched(fn, x: Array, batch_size: int, key: Optional[Array] = None,
   return np.concatenate(out)
 
 
+def flow_map_error(x: np.ndarray, x_ref: np.ndarray) -> float:
+  """mean |x - x_ref|^2 over the rows, the squared distance summed over the coordinates: the
+  error of samples against the reference map's from the same noise (any dimension)."""
+  return float(np.mean(np.sum((np.asarray(x) - np.asarray(x_ref))**2, axis=-1)))
+
+
 def map_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
                 sampler: str = "flow_map", interpolant: Optional[Interpolant] = None,
                 key: Optional[Array] = None) -> np.ndarray:
@@ -142,7 +148,7 @@ def evaluate(v: fm.VelocityField, dataset: Toy2D, interpolant: Interpolant, *, k
   for n_steps in steps:
     x = map_samples(v, x0, n_steps, batch_size, sampler, interpolant, renoise_key)
     result["kl"][str(n_steps)] = kl(x)
-    result["flow_map_error"][str(n_steps)] = float(np.mean(np.sum((x[:m] - x_ref)**2, axis=-1)))
+    result["flow_map_error"][str(n_steps)] = flow_map_error(x[:m], x_ref)
   for n_steps in ode_steps:
     result["ode_kl"][str(n_steps)] = kl(ode_samples(v, x0, n_steps, batch_size, ode_sampler))
   result["kl_noise_floor"] = kl_lib.kl_noise_floor(dataset, num_samples, floor_key, bins)
@@ -185,7 +191,7 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
   label_of = jax.jit(dataset.label_of)
 
   def measures(x, x_ref):
-    return (float(np.mean(np.sum((x[:m] - x_ref)**2, axis=-1))),
+    return (flow_map_error(x[:m], x_ref),
             float(np.mean(np.asarray(label_of(x)) == labels)), kl(x))
 
   result = {"guidance": {}}

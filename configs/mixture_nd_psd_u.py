@@ -1,0 +1,11 @@
+"""Gaussian mixture in d dimensions (`docs/mixture_nd.md`), progressive self-distillation with a uniform intermediate time (PSD-U).
+
+The dimension and the Lipschitz knob are overrides: --config.data.dim=32
+--config.data.separation=4 --config.data.component_std=0.25.
+"""
+
+from flow_maps import config_defaults
+
+
+def get_config(variant=None):
+  return config_defaults.with_preset(config_defaults.mixture_nd(variant), "psd_u")
