@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One file per dataset, taking `key=value,...` arguments; every other file is one published
 # pair (dataset, preset), taking a variant.
 DATASET_FILES = {name: os.path.join(ROOT, "configs", f"{name}.py") for name in
-                 ("checkerboard", "gaussian_mixture", "cifar10", "celeba", "mnist", "digits")}
+                 ("checkerboard", "gaussian_mixture", "cifar10", "celeba", "mnist", "digits",
+                  "mixture_nd")}
 CONFIG_FILES = sorted(set(glob.glob(os.path.join(ROOT, "configs", "*.py")))
                       - set(DATASET_FILES.values()))
 
@@ -156,6 +157,10 @@ def test_every_per_pair_file_equals_its_dataset_form(path, variant):
     ("digits", "preset=emd,variant=smoke", {"objective.velocity": "pretrained",
                                             "data.name": "digits"}),
     ("digits", "variant=demo", {"model.model_channels": 16}),
+    ("mixture_nd", "preset=psd_m,dim=32,separation=4,component_std=0.5,variant=smoke",
+     {"data.dim": 32, "data.separation": 4.0, "data.component_std": 0.5,
+      "objective.psd_h": "midpoint"}),
+    ("mixture_nd", "variant=smoke", {"data.dim": 4, "data.separation": 2.0}),
 ])
 def test_dataset_files_take_typed_arguments_and_validate(dataset, arg, expected):
   config = load(DATASET_FILES[dataset], arg)
