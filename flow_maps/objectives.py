@@ -379,6 +379,47 @@ def conditioning_from_config(config: Any, num_classes: int) -> Optional[Conditio
                       fixed_kappa=g.fixed_kappa)
 
 
+@dataclasses.dataclass(frozen=True)
+class GuidedTeacher:
+  """A frozen conditional flow model in distillation's teacher slot (`docs/method.md` §9).
+
+  `field(condition)` is its guided velocity at each row's (label, w):
+  b^w = b(.|null) + w (b(.|c) - b(.|null)), from two evaluations of the teacher at w = 1 (label c
+  and the null label); a row whose label was dropped gets b(.|null). Without a w (a student that
+  does not learn guidance) it is b(.|c), one evaluation. A teacher that itself learned guidance
+  is still called at w = 1 twice, not once at w: its diagonal at w = 1 is trained by flow
+  matching on every step, its guided diagonal is a regression on that same combination (a
+  second approximation), and this is the guided field its own guided ODE integrates. `scale` W
+  is the guidance its diagonal at c learned (MeanFlow's fixed guidance, else 1), undone by
+  using w / W. With no condition at all (an unconditional student) it is b(.|null).
+  """
+
+  model: fm.FlowMapModel
+  params: Any
+  scale: float = 1.0
+
+  def _bind(self, label: Array, dtype) -> fm.VelocityField:
+    one = jnp.ones(label.shape, dtype) if self.model.learns_guidance else None
+    return self.model.bind(self.params, condition=fm.Condition(label, one))
+
+  def field(self, condition: Optional[fm.Condition]) -> fm.VelocityField:
+    """The teacher's velocity for rows under `condition` (None: the null label), as a field
+    (s, t, x) -> v: read on its diagonal only, b_t = v_{t,t}, like every pretrained velocity."""
+
+    def v(s, t, x):
+      null = jnp.full((x.shape[0],), self.model.num_classes, jnp.int32)
+      if condition is None:
+        return self._bind(null, x.dtype)(s, t, x)
+      label, w = condition
+      if w is None and self.scale == 1.0:
+        return self._bind(label, x.dtype)(s, t, x)
+      b_null = self._bind(null, x.dtype)(s, t, x)
+      scale = (1.0 if w is None else w) / self.scale
+      return b_null + per_sample(scale, x) * (self._bind(label, x.dtype)(s, t, x) - b_null)
+
+    return v
+
+
 def _rows(condition: Optional[fm.Condition], rows: Any) -> Optional[fm.Condition]:
   """A condition's rows of one part of the layout (`rows`: Layout.split's first or second)."""
   if condition is None:
@@ -388,8 +429,8 @@ def _rows(condition: Optional[fm.Condition], rows: Any) -> Optional[fm.Condition
 
 def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
          objective: Objective, interpolant: Interpolant, teacher_params: Any = None,
-         pretrained: Optional[fm.VelocityField] = None, gap: Array = 1.0, step: Array = 0,
-         train: bool = True, labels: Optional[Array] = None,
+         pretrained: Optional[fm.VelocityField | GuidedTeacher] = None, gap: Array = 1.0,
+         step: Array = 0, train: bool = True, labels: Optional[Array] = None,
          conditioning: Optional[Conditioning] = None) -> tuple[Array, dict[str, Array]]:
   """The loss of one batch of data x1 [B, ...] and its metrics.
 
@@ -401,13 +442,20 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   velocity field of `objective.velocity = 'pretrained'`; `gap` is the annealed largest t - s;
   `step` the optimiser step (iCT's curriculum, sCM's warm-up). A conditional run passes the
   batch's `labels` [B] and its `conditioning` (label dropout and guidance, drawn from a key of
-  their own, so that the unconditional draws are unchanged).
+  their own, so that the unconditional draws are unchanged). A conditional pretrained model
+  comes as a `GuidedTeacher`: every teacher slot then takes its guided velocity at the row's
+  label and w (its null velocity for an unconditional student), and every diagonal row regresses
+  on it.
   """
   if (objective.velocity == "pretrained") != (pretrained is not None):
     raise ValueError("objective.velocity: a pretrained velocity field is needed exactly when "
                      f"velocity='pretrained' (got velocity={objective.velocity!r})")
   if (labels is None) != (conditioning is None):
     raise ValueError("labels and conditioning go together: both or neither")
+  if conditioning is not None and pretrained is not None and not isinstance(pretrained,
+                                                                             GuidedTeacher):
+    raise ValueError("a conditional run distils a conditional teacher (a GuidedTeacher), got "
+                     "an unconditional velocity field")
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
   key_dropout_diag, key_dropout_off = jax.random.split(key_dropout)  # independent masks
   dtype = x1.dtype
@@ -440,12 +488,18 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
         model.bind(teacher_params, condition=model.null_condition(rows, dtype)),
         cond.label == conditioning.num_classes)
 
+  def drive(cond):
+    """The pretrained velocity for these rows (None without one)."""
+    if isinstance(pretrained, GuidedTeacher):
+      return pretrained.field(cond)
+    return pretrained
+
   metrics = {}
   total = jnp.zeros((), jnp.float32)
 
   if n_diag:
     t = objective.times.diagonal(key_diag, n_diag, dtype)
-    if conditioning is not None and conditioning.learned_guidance:
+    if conditioning is not None and conditioning.learned_guidance and pretrained is None:
       # Guided rows g (label kept, their w) and flow-matching rows f (label dropped or not, w = 1).
       split = conditioning.guided_layout.split
       (x0_g, x0_f), (x1_g, x1_f), (t_g, t_f) = split(x0_d), split(x1_d), split(t)
@@ -465,7 +519,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
       metrics["guided_diagonal"] = jnp.mean(R_g)
     else:
       v_diag = model.bind(params, key_dropout_diag if train else None, cond_d)
-      R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, pretrained,
+      R = diagonal_residual(v_diag, t, x0_d, x1_d, interpolant, drive(cond_d),
                             guide=fixed_guide(cond_d))
     w = model.log_weight(params, t, t) if learned else None
     total += jnp.sum(objective.row_loss(R, dimension, log_weight=w))
@@ -474,7 +528,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
     v = model.bind(params, key_dropout_off if train and objective.dropout == "all" else None,
                    cond_o)
     v_teacher = model.bind(teacher_params, condition=cond_o)
-    v_drive = v_teacher if pretrained is None else pretrained
+    v_drive = v_teacher if pretrained is None else drive(cond_o)
     times = objective.times.off_diagonal(key_off, n_off, interpolant, gap=gap, step=step,
                                          dtype=dtype)
     R = objective.off_diagonal_residual(v, v_teacher, v_drive, times, x0_o, x1_o, interpolant,

@@ -6,6 +6,12 @@ its weights to take ("" for the weights that run evaluates with). Everything tha
 is checked, and named, before anything compiles: the workdir, its config, the checkpoint, that
 the run finished (unless a step is given), that it trained on the same data along the same
 interpolant (the velocity of another path is not this path's velocity), and the parameter shapes.
+
+A conditional run needs a conditional teacher with as many classes; the loss then guides the
+teacher's velocity at each row's label and w (`objectives.GuidedTeacher`, `docs/method.md` §9).
+An unconditional run may distil a conditional teacher: it takes the teacher's null-label
+velocity, the unconditional model that label dropout trained. Either way a teacher whose null
+label was never trained (data.label_dropout = 0) is refused wherever that label is needed.
 """
 
 from __future__ import annotations
@@ -18,15 +24,23 @@ import jax
 import ml_collections
 import numpy as np
 
-from flow_maps import checkpoints, config_defaults, networks, validation
+from flow_maps import checkpoints, config_defaults, networks, objectives, validation
 from flow_maps import data as data_lib
-from flow_maps.flow_map import FlowMapModel
+from flow_maps.flow_map import FlowMapModel, VelocityField
 
 
 class Pretrained(NamedTuple):
   model: FlowMapModel
   params: Any  # host arrays
   info: dict  # where it came from: written into the student's run_info.json
+  scale: float = 1.0  # the guidance scale a conditional teacher's diagonal at a class learned
+
+  def teacher(self, params: Any) -> VelocityField | objectives.GuidedTeacher:
+    """What fills the loss's teacher slot, `params` being these weights on the device: the
+    network's velocity field, or for a conditional network a `GuidedTeacher`."""
+    if not self.model.num_classes:
+      return self.model.bind(params)
+    return objectives.GuidedTeacher(self.model, params, self.scale)
 
 
 def _error(message: str):
@@ -66,6 +80,18 @@ def load(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Pret
     if ours != theirs:
       _error(f"{workdir!r} has {field}={theirs!r}, this run {ours!r}: a teacher must be a flow "
              "of the same data along the same interpolant")
+  classes, teacher_classes = data_lib.num_classes(config), data_lib.num_classes(teacher_config)
+  if classes and not teacher_classes:
+    _error(f"{workdir!r} is an unconditional run: a conditional run (data.conditional=True) "
+           "distils a conditional teacher, whose velocity it guides with labels and the null label")
+  if classes and teacher_classes != classes:
+    _error(f"{workdir!r} has {teacher_classes} classes, this run {classes}: a conditional "
+           "teacher must know the same labels")
+  if teacher_classes and not teacher_config.data.label_dropout and (
+      not classes or config.data.label_dropout or config.guidance.learned):
+    _error(f"{workdir!r} never trained its null label (data.label_dropout=0), and this run "
+           "needs it: " + ("an unconditional run distils the null-label velocity" if not classes
+                           else "rows with a dropped label, and guidance, use it"))
   manager = checkpoints.Checkpoints(workdir, create=False)
   try:
     steps = manager.all_steps()
@@ -101,4 +127,9 @@ def load(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Pret
   info = {"workdir": os.path.abspath(workdir), "step": int(step), "params": which,
           "model": teacher_config.model.to_dict(), "objective": teacher_config.objective.residual
           if "residual" in teacher_config.objective else None}
-  return Pretrained(model=model, params=params, info=info)
+  scale = 1.0
+  if teacher_classes:
+    scale = objectives.conditioning_from_config(teacher_config, teacher_classes).map_scale
+    info.update(num_classes=teacher_classes, guidance_scale=scale,
+                learned_guidance=model.learns_guidance)
+  return Pretrained(model=model, params=params, info=info, scale=scale)

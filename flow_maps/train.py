@@ -189,7 +189,7 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
     teacher_params = None if teacher == "online" else exp.select_params(state, teacher)
     gap = times.max_gap(state.step, anneal_start, anneal_steps)
 
-    frozen_field = None if pretrained is None else pretrained.model.bind(frozen)
+    frozen_field = None if pretrained is None else pretrained.teacher(frozen)
 
     def batch_loss(params):
       return loss_fn(exp.model, params, x1, key_loss, objective=exp.objective,

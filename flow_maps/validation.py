@@ -151,9 +151,6 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
   if conditional and config.eval.get("sampler", "flow_map") != "flow_map":
     _fail("data.conditional", "conditional runs are evaluated and sampled with the flow map; "
           f"eval.sampler={config.eval.sampler!r} (the single-time presets) is not built for them")
-  if conditional and config.objective.velocity == "pretrained":
-    _fail("data.conditional", "distillation of a conditional teacher is not built yet: "
-          "objective.velocity='pretrained' trains unconditional maps only")
   learned = _require(config, "guidance.learned")
   if not isinstance(learned, bool):
     _fail("guidance.learned", f"must be True or False, got {learned!r}")
@@ -163,11 +160,20 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
   if learned:
     if not conditional:
       _fail("guidance.learned", "guidance needs labels: set data.conditional=True")
-    if config.objective.velocity != "self":
-      _fail("guidance.learned", "the guided velocity is built from the network's own diagonal, "
-            f"so it needs objective.velocity='self', got {config.objective.velocity!r}")
+    if config.objective.velocity not in ("self", "pretrained"):
+      _fail("guidance.learned", "the guided velocity is built from the network's own diagonal "
+            "(objective.velocity='self') or a pretrained teacher's ('pretrained'), got "
+            f"{config.objective.velocity!r}")
     if not 0.0 < config.data.label_dropout:
       _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
+  if learned and config.objective.velocity == "pretrained":
+    # Distillation guides the teacher's velocity on every diagonal row: no share to choose.
+    from flow_maps import config_defaults
+    if config.guidance.fraction != config_defaults.common().guidance.fraction:
+      _fail("guidance.fraction", "distillation regresses every diagonal row on the teacher's "
+            "guided velocity; the fraction of guided rows is self-distillation's (leave it at "
+            f"{config_defaults.common().guidance.fraction}), got {config.guidance.fraction!r}")
+  elif learned:
     if not 0.0 < config.guidance.fraction < 1.0:
       _fail("guidance.fraction", "the diagonal needs guided rows and flow-matching rows: it must "
             f"lie in (0, 1), got {config.guidance.fraction!r}")

@@ -137,6 +137,124 @@ def test_guided_diagonal_residual_against_a_per_row_reference(x64):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-9, atol=1e-14)
 
 
+# Guided distillation cases: (preset, student, teacher, teacher's scale W). student: "guided"
+# (label and w), "labels" (a label, no w), "none" (unconditional); teacher: "guided" (it takes w,
+# and is called at w = 1) or "labels".
+DISTILLATION_CASES = [("lmd", "guided", "guided", 1.0), ("emd", "guided", "labels", 1.0),
+                      ("pmd", "labels", "labels", 2.0), ("lmd", "none", "guided", 1.0)]
+
+
+@pytest.mark.parametrize("preset, student, teacher_kind, scale", DISTILLATION_CASES)
+def test_guided_distillation_loss_against_a_per_row_reference(preset, student, teacher_kind,
+                                                              scale, make_numpy_params, x64):
+  """The whole loss of distillation from a conditional teacher (`objectives.loss` with a
+  `GuidedTeacher`), value and parameter gradient, against a per-row reference written from the
+  formula: every teacher slot takes b^w = b(.|null) + (w / W) (b(.|c) - b(.|null)) of the frozen
+  teacher at w = 1, at the row's label (null where dropped) and w (1 without one); an
+  unconditional student takes b(.|null). Diagonal rows regress v_{t,t}(I_t) on sg b^w(I_t); LMD
+  rows |d/dt X - sg b^w_t(sg X)|^2, EMD rows |d/ds X + sg(grad_x X . b^w_s(x))|^2, PMD rows the
+  student's own two-step target at its (label, w). The draws (noise, times, dropped labels, w)
+  are the loss's own, from the same keys."""
+  from flow_maps.networks import mlp
+  n, k, dim = 32, 3, 2
+  conditional, learned = student != "none", student == "guided"
+  net_s = mlp.MLP(out_dim=dim, width=16, depth=2, sigma0=0.7, num_classes=k if conditional else 0,
+                  learn_guidance=learned)
+  net_t = mlp.MLP(out_dim=dim, width=16, depth=2, sigma0=0.7, num_classes=k,
+                  learn_guidance=teacher_kind == "guided")
+  model, teacher_model = fm.FlowMapModel(net_s), fm.FlowMapModel(net_t)
+  # Inputs drawn in numpy: every eager jax op here would be one more compile.
+  rng = np.random.default_rng(2)
+  x1 = jnp.asarray(rng.normal(size=(n, dim)) + 0.5)
+  labels = jnp.asarray(rng.integers(0, k, n))
+  params = jax.tree.map(jnp.asarray, make_numpy_params(net_s, dim, 0))
+  frozen = jax.tree.map(jnp.asarray, make_numpy_params(net_t, dim, 1))
+  c = config_defaults.with_preset(config_defaults.gaussian_mixture("smoke"), preset)
+  c.objective.diagonal_fraction = 0.5
+  objective = obj.from_config(c.objective)
+  ip = interpolants.get_interpolant("linear", 0.7)
+  conditioning = obj.Conditioning(num_classes=k, label_dropout=0.3, learned_guidance=learned,
+                                  w_min=0.0, w_max=4.0) if conditional else None
+  key = jax.random.PRNGKey(7)
+  extra = dict(labels=labels, conditioning=conditioning) if conditional else {}
+
+  def ours(p):
+    return obj.loss(model, p, x1, key, objective=objective, interpolant=ip,
+                    pretrained=obj.GuidedTeacher(teacher_model, frozen, scale), train=False,
+                    **extra)[0]
+
+  @jax.jit
+  def draws():
+    """The loss's draws, from its keys: noise, diagonal and off-diagonal times, conditions."""
+    key_noise, key_diag, key_off, _ = jax.random.split(key, 4)
+    x0 = 0.7 * jax.random.normal(key_noise, x1.shape, jnp.float64)
+    n_diag, n_off = objective.layout.counts(n)
+    t_d = objective.times.diagonal(key_diag, n_diag, jnp.float64)
+    off = objective.times.off_diagonal(key_off, n_off, ip, dtype=jnp.float64)
+    if not conditional:
+      return x0, t_d, off, jnp.full((n,), k), jnp.ones((n,), jnp.float64)
+    condition, _ = conditioning.draw(jax.random.fold_in(key, 0xC1A55), labels, jnp.float64)
+    w = condition.guidance if learned else jnp.ones((n,), jnp.float64)
+    return x0, t_d, off, condition.label, w
+
+  x0, t_d, off, label, w = jax.device_get(draws())
+  if conditional:
+    assert 0 < np.sum(label == k) < n  # some rows dropped, some kept
+  diag = np.asarray(objective.layout.is_diagonal(n))
+  s, t, h = np.zeros(n), np.zeros(n), np.zeros(n)
+  s[diag], t[diag] = t_d, t_d
+  s[~diag], t[~diag], h[~diag] = off.s, off.t, off.h
+  assert np.all(t[~diag] > s[~diag])
+
+  def reference(p):
+    def v(s, t, x, c, g):  # the student, one row
+      kwargs = {}
+      if conditional:
+        kwargs["label"] = c[None]
+      if learned:
+        kwargs["guidance"] = g[None]
+      return net_s.apply({"params": p}, s[None], t[None], x[None], **kwargs)[0]
+
+    def b(t, x, c, g):  # the teacher's guided velocity at (c, g), called at w = 1
+      def call(label):
+        kwargs = {"guidance": jnp.ones((1,))} if teacher_kind == "guided" else {}
+        return net_t.apply({"params": frozen}, t[None], t[None], x[None], label=label[None],
+                           **kwargs)[0]
+      b_null = call(jnp.asarray(k))
+      return b_null + (g / scale) * (call(c) - b_null)
+
+    def X(s, t, x, c, g):
+      return x + (t - s) * v(s, t, x, c, g)
+
+    def row(x0, x1, s, t, h, c, g, is_diag):
+      x = (1 - s) * x0 + s * x1
+      diagonal = jnp.sum((v(s, s, x, c, g) - sg(b(s, x, c, g)))**2)
+      if preset == "lmd":
+        Xt, dX_dt = jax.jvp(lambda t_: X(s, t_, x, c, g), (t,), (jnp.ones(()),))
+        off = jnp.sum((dX_dt - sg(b(t, sg(Xt), c, g)))**2)
+      elif preset == "emd":
+        dX_ds = jax.jvp(lambda s_: X(s_, t, x, c, g), (s,), (jnp.ones(()),))[1]
+        spatial = jax.jvp(lambda x_: X(s, t, x_, c, g), (x,), (sg(b(s, x, c, g)),))[1]
+        off = jnp.sum((dX_ds + sg(spatial))**2)
+      else:  # pmd: the student's own map at its (label, w) composes the target
+        u = h * s + (1 - h) * t
+        X_su = x + (u - s) * sg(v(s, u, x, c, g))
+        target = sg((1 - h) * v(s, u, x, c, g) + h * v(u, t, X_su, c, g))
+        off = jnp.sum((v(s, t, x, c, g) - target)**2)
+      return jnp.where(is_diag, diagonal, off)
+
+    return jnp.mean(jax.vmap(row)(x0, x1, s, t, h, label, w, diag))
+
+  a, ga = jax.jit(jax.value_and_grad(ours))(params)
+  r, gr = jax.jit(jax.value_and_grad(reference))(params)
+  assert float(a) > 1e-3
+  np.testing.assert_allclose(float(a), float(r), rtol=1e-11)
+  scale_g = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(gr))
+  assert scale_g > 1e-6
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gr)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-10 * scale_g)
+
+
 def test_label_dropout_and_guidance_draws():
   cond = obj.Conditioning(num_classes=8, label_dropout=0.25, learned_guidance=True, w_min=1.0,
                           w_max=3.0)
@@ -172,8 +290,10 @@ def test_label_dropout_and_guidance_draws():
     ({"eval.sampler": "consistency"}, "data.conditional: conditional runs are evaluated and "
                                       "sampled with the flow map"),
     ({"objective.velocity": "pretrained", "objective.residual": "lagrangian",
-      "objective.pretrained": "/runs/teacher", "guidance.learned": False},
-     "data.conditional: distillation of a conditional teacher is not built yet"),
+      "objective.pretrained": "/runs/teacher", "guidance.fraction": 0.25},
+     "guidance.fraction: distillation regresses every diagonal row on the teacher's guided"),
+    ({"objective.velocity": "conditional", "objective.residual": "eulerian"},
+     "guidance.learned: the guided velocity is built from the network's own diagonal"),
 ])
 def test_conditioning_config_errors(change, message):
   c = guided_config()

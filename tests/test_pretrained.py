@@ -135,3 +135,105 @@ def test_distillation_through_the_cli(teacher, tmp_path):
   assert "Traceback" not in r.stderr
   assert r.stderr.strip().splitlines()[-1].startswith("config error: objective.pretrained: ")
   assert not (bad / "checkpoints").exists()
+
+
+# --- a conditional teacher (`docs/method.md` §9) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conditional_teacher(tmp_path_factory):
+  """A finished class-conditional flow-matching smoke run on the labelled ring (8 classes)."""
+  workdir = tmp_path_factory.mktemp("conditional_teacher")
+  r = _cli("gaussian_mixture_flow_matching_guided", workdir)
+  assert r.returncode == 0, r.stderr
+  return workdir
+
+
+def _guided_student(spec: str):
+  import importlib
+  c = importlib.import_module("configs.gaussian_mixture_lmd_guided").get_config("smoke")
+  c.objective.pretrained = spec
+  return c
+
+
+def _unconditional_ring_student(spec: str):
+  """LMD on the labelled ring's data without labels."""
+  c = config_defaults.with_preset(config_defaults.gaussian_mixture("smoke"), "lmd")
+  c.data.std, c.interpolant.sigma0 = 0.25, 0.75
+  c.objective.pretrained = spec
+  return c
+
+
+@pytest.mark.parametrize("case, message", [
+    ("unconditional teacher", "is an unconditional run: a conditional run (data.conditional=True) "
+                              "distils a conditional teacher"),
+    ("classes", "has 4 classes, this run 8: a conditional teacher must know the same labels"),
+    ("no null label", "never trained its null label (data.label_dropout=0), and this run needs "
+                      "it: an unconditional run distils the null-label velocity"),
+    ("no null label, guided", "never trained its null label (data.label_dropout=0), and this run "
+                              "needs it: rows with a dropped label, and guidance, use it"),
+])
+def test_every_bad_conditional_teacher_is_a_named_error(case, message, teacher, tmp_path):
+  """Checked from the teacher's config.json alone, before its checkpoint is read."""
+  ring = dict(name="gaussian_mixture", num_components=8, radius=1.0, std=0.25)
+  data = {"unconditional teacher": {},
+          "classes": dict(conditional=True, label_dropout=0.1, num_components=4)}.get(
+              case, dict(conditional=True, label_dropout=0.0))
+  def edit(c):
+    c["data"].update({**ring, **data})
+    c["interpolant"]["sigma0"] = 0.75  # the labelled ring's
+
+  spec = str(_copy_with(teacher, tmp_path, edit))
+  if case == "no null label":
+    student = _unconditional_ring_student(spec)
+  else:
+    student = _guided_student(spec)
+  with pytest.raises(validation.ConfigError, match="^objective.pretrained: .*" +
+                     message.replace("(", r"\(").replace(")", r"\)")):
+    pretrained.load(student, (2,))
+
+
+def test_a_conditional_teacher_guides_a_student_and_serves_an_unconditional_one(
+    conditional_teacher):
+  """For a conditional student the teacher slot is a GuidedTeacher; an unconditional student of
+  the same data takes the teacher's null-label velocity."""
+  from flow_maps import flow_map as fm
+  from flow_maps import objectives
+  loaded = pretrained.load(_guided_student(str(conditional_teacher)), (2,))
+  assert loaded.info["num_classes"] == 8 and loaded.info["learned_guidance"] is False
+  assert loaded.scale == 1.0
+  teacher = loaded.teacher(loaded.params)
+  assert isinstance(teacher, objectives.GuidedTeacher)
+  plain = _unconditional_ring_student(str(conditional_teacher))
+  unconditional = pretrained.load(plain, (2,)).teacher(loaded.params)
+  x = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+  t = np.linspace(0.1, 0.9, 6).astype(np.float32)
+  null = loaded.model.bind(loaded.params, condition=loaded.model.null_condition(6))
+  np.testing.assert_array_equal(np.asarray(unconditional.field(None)(t, t, x)),
+                                np.asarray(null(t, t, x)))
+  label = np.arange(6) % 8
+  b_c = loaded.model.bind(loaded.params, condition=fm.Condition(label))(t, t, x)
+  w = np.asarray([0.0, 1.0, 2.0, 3.0, 4.0, 0.5], np.float32)
+  guided = teacher.field(fm.Condition(label, w))(t, t, x)
+  np.testing.assert_allclose(guided, null(t, t, x) + w[:, None] * (b_c - null(t, t, x)),
+                             rtol=1e-5, atol=1e-6)
+  assert float(np.max(np.abs(np.asarray(b_c) - np.asarray(null(t, t, x))))) > 1e-3
+
+
+@pytest.mark.slow
+def test_guided_distillation_through_the_cli(conditional_teacher, tmp_path):
+  """A guided LMD student of the conditional teacher trains and is evaluated per w through the
+  CLI; the teacher is recorded in run_info.json."""
+  student = tmp_path / "student"
+  r = _cli("gaussian_mixture_lmd_guided", student,
+           f"--config.objective.pretrained={conditional_teacher}", "--config.eval.steps=(1,2)",
+           "--config.eval.guidance=(0.0,4.0)", "--config.eval.ode_steps=()",
+           "--config.eval.num_samples=500", "--config.eval.batch_size=500",
+           mode="train_and_eval")
+  assert r.returncode == 0, r.stderr
+  info = json.loads((student / "run_info.json").read_text())
+  assert info["pretrained"]["num_classes"] == 8
+  result = json.loads((student / "eval" / "step_20.json").read_text())
+  for w in ("0", "4"):
+    errors = result["guidance"][w]["flow_map_error"]
+    assert set(errors) == {"1", "2"} and all(np.isfinite(e) for e in errors.values())
