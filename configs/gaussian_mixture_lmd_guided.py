@@ -3,13 +3,12 @@ with classifier-free guidance learned into the map (`docs/method.md` §9): every
 the teacher's guided velocity b(.|null) + w (b(.|c) - b(.|null)) at the row's label and w in
 [0, 4], so one call per step samples the guided map at any w of that range. The teacher is a
 finished conditional run on the same data, e.g. `gaussian_mixture_flow_matching_guided.py`:
---config.objective.pretrained=DIR."""
+--config.objective.pretrained=DIR.
+Also `configs/gaussian_mixture.py:preset=lmd,guidance=learned`.
+"""
 
-from flow_maps import config_defaults
+from flow_maps import config_defaults as cd
 
 
 def get_config(variant=None):
-  c = config_defaults.with_preset(config_defaults.gaussian_mixture(variant), "lmd")
-  c.data.std = 0.25
-  c.interpolant.sigma0 = 0.75
-  return config_defaults.with_learned_guidance(c)
+  return cd.with_learned_guidance(cd.with_preset(cd.wide_gaussian_mixture(variant), "lmd"))

@@ -276,16 +276,25 @@ def with_preset(c: ml_collections.ConfigDict, preset: str) -> ml_collections.Con
 ARG_CHOICES = {"preset": tuple(PRESETS), "variant": VARIANTS}
 
 
+def with_labels(c: ml_collections.ConfigDict, scales=(0.0, 1.0, 2.0, 4.0),
+                label_dropout: float = 0.1) -> ml_collections.ConfigDict:
+  """Sets `c` to class-conditional training with label dropout, guidance not learned: the map is
+  the conditional one (w = 1), and evaluation adds the classifier-free-guided ODE at each w of
+  `scales` (`docs/method.md` §9): the classic guided model, and a conditional teacher."""
+  c.data.conditional = True
+  c.data.label_dropout = label_dropout
+  c.eval.guidance = tuple(scales)
+  return c
+
+
 def with_learned_guidance(c: ml_collections.ConfigDict, w_min: float = 0.0, w_max: float = 4.0,
                           scales=(0.0, 1.0, 2.0, 4.0),
                           label_dropout: float = 0.1) -> ml_collections.ConfigDict:
   """Sets `c` to class-conditional training with guidance learned into the map for w in
   [w_min, w_max], evaluated and sampled at `scales` (`docs/method.md` §9)."""
-  c.data.conditional = True
-  c.data.label_dropout = label_dropout
+  c = with_labels(c, scales, label_dropout)
   c.guidance.learned = True
   c.guidance.w_min, c.guidance.w_max = w_min, w_max
-  c.eval.guidance = tuple(scales)
   c.sample.guidance = tuple(scales)
   return c
 

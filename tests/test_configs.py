@@ -116,8 +116,9 @@ def dataset_form(path: str) -> tuple[str, str]:
   for suffix in ("_guided", "_conditional"):
     if rest.endswith(suffix):
       rest = rest[:-len(suffix)]
-      fixed = dataset == "gaussian_mixture" and rest == "meanflow"  # MeanFlow's own guidance
-      guidance = ",guidance=fixed" if fixed else ",guidance=learned"
+      # MeanFlow's own guidance; flow matching's conditional teacher learns no guidance.
+      kind = {"meanflow": "fixed", "flow_matching": "labels"}.get(rest, "learned")
+      guidance = f",guidance={kind if dataset == 'gaussian_mixture' else 'learned'}"
   assert rest in config_defaults.PRESETS, name
   return DATASET_FILES[dataset], f"preset={rest}{guidance}"
 
