@@ -32,6 +32,9 @@ def common() -> ml_collections.ConfigDict:
   # each replaced by the null label with probability label_dropout (the unconditional model).
   c.data.conditional = False
   c.data.label_dropout = 0.1
+  # Image data: 0 reads the batches in the training process (threads); n > 0 in n grain worker
+  # processes (`data/images.py`). The same batches either way; toy data needs none.
+  c.data.workers = 0
 
   # Interpolant I_t = alpha_t x0 + beta_t x1 with noise N(0, sigma0^2 I) (`docs/method.md` §1).
   c.interpolant = ml_collections.ConfigDict()

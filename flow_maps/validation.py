@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Iterable
 
@@ -245,6 +246,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _no_unknown_fields(config)
   _number(config, "seed", integer=True)
   _choice(config, "data.name", data_lib.DATASETS)
+  _number(config, "data.workers", low=0, integer=True)
+  if config.data.workers and data_lib.is_toy(config):
+    _fail("data.workers", f"{config.data.name!r} is drawn inside the train step; worker "
+          f"processes read images only, got {config.data.workers!r}")
+  if config.data.workers and importlib.util.find_spec("grain") is None:
+    _fail("data.workers", "worker processes need grain (`pip install grain`); set 0 to read "
+          "in this process")
   _choice(config, "interpolant.name", interpolants.INTERPOLANTS)
   _number(config, "interpolant.sigma0", low=0, low_open=True)
   _model(config)
