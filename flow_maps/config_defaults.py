@@ -306,6 +306,11 @@ def _images(preset: str) -> ml_collections.ConfigDict:
   c.model.channels_per_head = placeholder(int)
   c.model.fourier_bandwidth = placeholder(float)  # of the times' MP Fourier features
   c.model.logvar_channels = placeholder(int)  # Fourier features of the weight head
+  # The learned log-weight head (`unet.WEIGHT_HEADS`): "release", the paper's release (the times
+  # (s, t), unit gain) | "zero_start" (the times (s, t - s), a gain that starts at 0: w = 0).
+  # Not in common(): a run stored before this field existed had "zero_start", so resuming it
+  # here is refused by name (`workdir.check_resume`) instead of restoring another head.
+  c.model.log_weight_head = "release"
 
   c.optim.learning_rate = 1e-2
   c.optim.clip_norm = 1.0

@@ -90,6 +90,7 @@ def _model(config) -> None:
   from flow_maps.networks import unet
   _choice(config, "model.preset", unet.PRESETS)
   _choice(config, "model.compute_dtype", unet.COMPUTE_DTYPES)
+  _choice(config, "model.log_weight_head", unet.WEIGHT_HEADS)
   for field in ("model_channels", "num_blocks", "channels_per_head", "logvar_channels"):
     if config.model.get(field) is not None:
       _number(config, f"model.{field}", low=1, integer=True)
