@@ -473,8 +473,10 @@ def unet_preset_benchmark(args) -> dict:
                        compile_s=step.compile_seconds, gflop=step.flops / 1e9,
                        tflop_per_sec=step.flops / t / 1e12, executable_mb=step.memory_mb,
                        peak_mb=memory, peak_source=source))
-      print(f"{name} {dtype}: {1e3 * t:.0f} ms/step, {batch / t:.1f} images/s, compiled in "
-            f"{step.compile_seconds:.0f} s, {step.flops / t / 1e12:.3f} TFLOP/s", flush=True)
+      print(f"{name} {dtype}: {1e3 * t:.0f} ms/step, {batch / t:.3g} images/s, compiled in "
+            f"{step.compile_seconds:.0f} s, {step.flops / 1e9:.4g} GFLOP/step, "
+            f"{step.flops / t / 1e12:.3g} TFLOP/s, executable {step.memory_mb:.0f} MB, peak "
+            f"{memory:.0f} MB ({source})", flush=True)
       del step
   arch = "tiny" if args.tiny else args.preset
   return dict(rows=rows, preset=args.preset, architecture=arch, batch=batch,
@@ -494,8 +496,8 @@ def print_unet_table(result: dict) -> str:
            "TFLOP/s | executable MB | peak MB (source) |", "|---|---|---|---|---|---|---|---|---|"]
   for r in result["rows"]:
     lines.append(f"| {r['objective']} | {r['dtype']} | {r['ms']:.0f} | "
-                 f"{r['images_per_sec']:.2f} | {r['compile_s']:.0f} | {r['gflop']:.0f} | "
-                 f"{r['tflop_per_sec']:.3f} | {r['executable_mb']:.0f} | "
+                 f"{r['images_per_sec']:.3g} | {r['compile_s']:.0f} | {r['gflop']:.4g} | "
+                 f"{r['tflop_per_sec']:.3g} | {r['executable_mb']:.0f} | "
                  f"{r['peak_mb']:.0f} ({r['peak_source']}) |")
   return "\n".join(lines)
 
