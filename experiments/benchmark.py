@@ -216,10 +216,10 @@ def memory_mb(compiled) -> float:
   return total / 2**20
 
 
-def compile_step(label: str, config, batch_size: int,
-                 loss_fn: Optional[Callable] = None) -> Step:
-  """The real train step of `config`, optionally with `objectives.loss` replaced by `loss_fn`
-  (same step, same optimiser and EMAs: only the loss differs)."""
+def lower_step(config, batch_size: int, loss_fn: Optional[Callable] = None):
+  """The real train step of `config` (optionally with `objectives.loss` replaced by `loss_fn`:
+  same step, same optimiser and EMAs, only the loss differs), lowered and not yet compiled, with
+  its arguments: (lowered, seconds to trace and lower, state, batch, frozen teacher)."""
   exp = train.build_experiment(config)
   toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
   batch = None
@@ -232,12 +232,29 @@ def compile_step(label: str, config, batch_size: int,
   frozen = (pretrained.Pretrained(exp.model, jax.device_get(state.params), {})
             if config.objective.velocity == "pretrained" else None)
   step = train.make_train_step(exp, toy, frozen, loss_fn=loss_fn or objectives.loss)
-  start = time.perf_counter()  # tracing and lowering included: what a run waits for
+  start = time.perf_counter()
   lowered = step.jitted.lower(state, batch, step.frozen)
+  return lowered, time.perf_counter() - start, state, batch, step.frozen
+
+
+def lowered_flops(config, batch_size: int) -> float:
+  """XLA's FLOP count of the train step as lowered, before optimisation: no compilation (about a
+  third of the CPU time of lowering and compiling an MLP step). It is not a bound of the
+  compiled count but close to it: within 1.1 % of the step's FLOPs on the MLP presets, 0.12
+  passes per off-diagonal row either way (LSD 7.04 lowered against 7.16 compiled, guided LSD
+  10.24 against 10.13)."""
+  return float(_cost(lower_step(config, batch_size)[0]).get("flops", float("nan")))
+
+
+def compile_step(label: str, config, batch_size: int,
+                 loss_fn: Optional[Callable] = None) -> Step:
+  """The real train step of `config` compiled, and what XLA says about it (`lower_step`)."""
+  lowered, seconds, state, batch, frozen = lower_step(config, batch_size, loss_fn)
+  start = time.perf_counter()  # tracing and lowering included: what a run waits for
   compiled = lowered.compile()
-  seconds = time.perf_counter() - start
+  seconds += time.perf_counter() - start
   cost = _cost(compiled)
-  return Step(label=label, compiled=compiled, state=state, batch=batch, frozen=step.frozen,
+  return Step(label=label, compiled=compiled, state=state, batch=batch, frozen=frozen,
               compile_seconds=seconds,
               flops=float(cost.get("flops", float("nan"))),
               transcendentals=float(cost.get("transcendentals", float("nan"))),
@@ -296,6 +313,195 @@ def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: 
     rows.append(dict(sampler=name, steps=n, network_evals=evals, batch=batch_size,
                      ms_per_batch=1e3 * t, samples_per_sec=batch_size / t))
   return rows
+
+
+# --------------------------------------------------------------------------- the input pipeline
+
+
+def write_stand_in_tfds(data_dir: str, name: str, splits: dict[str, int],
+                        example: Callable[[str, int], dict]) -> None:
+  """A tfds directory holding `name` ("cifar10" or "celeb_a") as array_record, written by the
+  real builder's class with only its example generator replaced by `example(split, i)` (a
+  feature dict): the records, their encoding (PNG, JPEG) and the reading path are the real ones,
+  and nothing is downloaded."""
+  import tensorflow_datasets as tfds
+
+  class StandIn(tfds.builder_cls(name), skip_registration=True):
+    def _split_generators(self, dl_manager):
+      return {split: ((f"{split}{i}", example(split, i)) for i in range(n))
+              for split, n in splits.items()}
+
+  StandIn.name = name
+  StandIn(data_dir=data_dir, file_format="array_record").download_and_prepare()
+
+
+def stand_in_example(name: str, features=None) -> Callable[[str, int], dict]:
+  """Random images of the dataset's real stored shape: CIFAR-10 32x32x3 (PNG), CelebA 218x178x3
+  (JPEG; smooth random fields, so the JPEGs have a photo's size rather than noise's)."""
+  def cifar10(split, i):
+    rng = np.random.RandomState([len(split), i])
+    return {"id": f"{split}{i}", "image": rng.randint(0, 256, (32, 32, 3)).astype(np.uint8),
+            "label": i % 10}
+
+  def celeb_a(split, i):
+    rng = np.random.RandomState([len(split), i])
+    coarse = rng.uniform(0, 255, (28, 23, 3))
+    image = np.kron(coarse, np.ones((8, 8, 1)))[:218, :178].round().astype(np.uint8)
+    return {"image": image, "landmarks": {k: 0 for k in features["landmarks"].keys()},
+            "attributes": {k: False for k in features["attributes"].keys()},
+            "identity": {"Identity_No": i}}
+
+  return {"cifar10": cifar10, "celeb_a": celeb_a}[name]
+
+
+def input_throughput(dataset, batch: int, workers: int, batches: int) -> dict:
+  """Host images/s of `dataset.batches` with `workers` (0: in this process, 2 threads): the
+  first batch's wait (start-up, worker spawn included) separately, then `batches` batches."""
+  start = time.perf_counter()
+  stream = dataset.batches(0, batch, workers=workers)
+  try:
+    next(stream)
+    first = time.perf_counter() - start
+    start, cpu = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+      next(stream)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+  finally:
+    stream.close()
+  # CPU time of this process (its threads included, the workers' not): with workers = 0 it is
+  # the reading's whole cost, and depends far less on the machine's load than the wall time.
+  return dict(workers=workers, batch=batch, batches=batches, first_batch_s=first,
+              ms_per_batch=1e3 * seconds / batches, images_per_sec=batch * batches / seconds,
+              main_cpu_ms_per_image=1e3 * cpu / (batch * batches))
+
+
+def input_benchmark(args) -> dict:
+  """images/s of CIFAR-10 and CelebA-64 preprocessing per worker count, on prepared tfds data
+  (`--data-dir`) or stand-ins of the real shapes written to a temporary directory."""
+  import tempfile
+  import tensorflow_datasets as tfds
+  from flow_maps.data import images
+
+  names = {"cifar10": "cifar10", "celeba64": "celeb_a"}
+  tmp = None
+  data_dir = args.data_dir
+  if data_dir is None:
+    tmp = tempfile.TemporaryDirectory(prefix="input_bench_")
+    data_dir = tmp.name
+    for name in args.datasets.split(","):
+      tfds_name = names[name]
+      features = tfds.builder(tfds_name, data_dir=data_dir, try_gcs=False).info.features
+      start = time.perf_counter()
+      write_stand_in_tfds(data_dir, tfds_name, {"train": args.stand_in_examples},
+                          stand_in_example(tfds_name, features))
+      print(f"wrote a stand-in {tfds_name} of {args.stand_in_examples} examples in "
+            f"{time.perf_counter() - start:.0f} s", flush=True)
+  rows = []
+  try:
+    for name in args.datasets.split(","):
+      dataset = images.get_image_dataset(name, data_dir=data_dir, seed=0)
+      for workers in (int(w) for w in args.workers.split(",")):
+        row = dict(dataset=name, examples=len(dataset),
+                   **input_throughput(dataset, args.input_batch, workers, args.input_batches))
+        rows.append(row)
+        print(f"{name} workers={workers}: {row['images_per_sec']:.0f} images/s "
+              f"(first batch after {row['first_batch_s']:.1f} s)", flush=True)
+  finally:
+    if tmp is not None:
+      tmp.cleanup()
+  step_times = [float(t) for t in args.step_times.split(",")]
+  need = {t: args.published_batch / t for t in step_times}
+  return dict(rows=rows, published_batch=args.published_batch, needed_images_per_sec=need,
+              stand_in=args.data_dir is None, stand_in_examples=args.stand_in_examples)
+
+
+def print_input_table(result: dict) -> str:
+  lines = [f"host batch {result['rows'][0]['batch']}, "
+           f"{'stand-in' if result['stand_in'] else 'prepared'} tfds array_record data; "
+           "workers 0 = in the training process (2 threads)", "",
+           "| dataset | workers | images / s | ms / batch | first batch s | "
+           "CPU ms / image in the training process |", "|---|---|---|---|---|---|"]
+  for r in result["rows"]:
+    lines.append(f"| {r['dataset']} | {r['workers']} | {r['images_per_sec']:.0f} | "
+                 f"{r['ms_per_batch']:.0f} | {r['first_batch_s']:.1f} | "
+                 f"{r['main_cpu_ms_per_image']:.2f} |")
+  lines += ["", f"| step time s | images / s the published batch ({result['published_batch']}) "
+            "consumes |", "|---|---|"]
+  for t, n in result["needed_images_per_sec"].items():
+    lines.append(f"| {t:g} | {n:.0f} |")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the published UNets
+
+
+PRESET_CONFIGS = {"cifar10": config_defaults.cifar10, "celeba64": config_defaults.celeba64}
+
+
+def peak_memory() -> tuple[float, str]:
+  """The process's peak memory so far in MB and where it was read: the device's allocator
+  (`peak_bytes_in_use`, GPU and TPU) where it reports one, else the host's peak resident set
+  (XLA:CPU keeps device buffers in host memory)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2**20, f"device ({jax.devices()[0].platform})"
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "host RSS"
+
+
+def unet_preset_benchmark(args) -> dict:
+  """The train step of each objective at a published UNet size (`--preset`), in each compute
+  dtype, one configuration at a time (compile, warm up, time, free: published-size states do
+  not all fit at once on one accelerator)."""
+  base = PRESET_CONFIGS[args.preset]()
+  if args.tiny:  # the tiny architecture at the preset's image shape: for tests on CPU
+    base.model.preset = "tiny"
+  if args.xla_opt_level is not None:
+    base.train.xla_optimization_level = args.xla_opt_level
+  batch = args.batch or base.train.batch_size
+  names = [n for n in args.objectives.split(",") if n] if args.objectives_given else \
+      list(VMAP_VARIANTS)
+  rows = []
+  for dtype in args.dtypes.split(","):
+    for name in names:
+      config = variant_config(base, name, batch, None, None)
+      config.model.compute_dtype = dtype
+      step = compile_step(f"{name}/{dtype}", config, batch)
+      step.run(args.warmup)
+      seconds = [step.run(args.steps_per_run) for _ in range(args.repeats)]
+      t = statistics.median(seconds)
+      memory, source = peak_memory()
+      rows.append(dict(objective=name, dtype=dtype, batch=batch, ms=1e3 * t,
+                       runs_ms=[1e3 * x for x in seconds], images_per_sec=batch / t,
+                       compile_s=step.compile_seconds, gflop=step.flops / 1e9,
+                       tflop_per_sec=step.flops / t / 1e12, executable_mb=step.memory_mb,
+                       peak_mb=memory, peak_source=source))
+      print(f"{name} {dtype}: {1e3 * t:.0f} ms/step, {batch / t:.3g} images/s, compiled in "
+            f"{step.compile_seconds:.0f} s, {step.flops / 1e9:.4g} GFLOP/step, "
+            f"{step.flops / t / 1e12:.3g} TFLOP/s, executable {step.memory_mb:.0f} MB, peak "
+            f"{memory:.0f} MB ({source})", flush=True)
+      del step
+  arch = "tiny" if args.tiny else args.preset
+  return dict(rows=rows, preset=args.preset, architecture=arch, batch=batch,
+              parameters=count_unet_parameters(base))
+
+
+def count_unet_parameters(config) -> int:
+  from flow_maps.networks import unet
+  exp = train.build_experiment(config)
+  return unet.count_parameters(exp.model.module)
+
+
+def print_unet_table(result: dict) -> str:
+  lines = [f"UNet {result['architecture']} ({result['parameters'] / 1e6:.1f} M parameters) on "
+           f"{result['preset']} images, batch {result['batch']}, {jax.devices()[0].platform}",
+           "", "| objective | dtype | step ms | images / s | compile s | GFLOP / step | "
+           "TFLOP/s | executable MB | peak MB (source) |", "|---|---|---|---|---|---|---|---|---|"]
+  for r in result["rows"]:
+    lines.append(f"| {r['objective']} | {r['dtype']} | {r['ms']:.0f} | "
+                 f"{r['images_per_sec']:.3g} | {r['compile_s']:.0f} | {r['gflop']:.4g} | "
+                 f"{r['tflop_per_sec']:.3g} | {r['executable_mb']:.0f} | "
+                 f"{r['peak_mb']:.0f} ({r['peak_source']}) |")
+  return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -404,9 +610,53 @@ def main(argv=None) -> int:
   p.add_argument("--out", default=None, help="JSON output (default runs/benchmark_<model>.json)")
   p.add_argument("--dump-hlo", default=None, metavar="DIR",
                  help="write each step's optimised HLO to DIR/<objective>.txt")
+  g = p.add_argument_group("the published UNets (--model=unet --preset=...)")
+  g.add_argument("--preset", choices=sorted(PRESET_CONFIGS), default=None,
+                 help="the published size: each objective (default the paper's five) in each "
+                 "--dtypes, one at a time")
+  g.add_argument("--dtypes", default="float32,bfloat16", help="model.compute_dtype values")
+  g.add_argument("--tiny", action="store_true",
+                 help="the tiny architecture at the preset's image shape (tests)")
+  g.add_argument("--xla-opt-level", type=int, default=None,
+                 help="train.xla_optimization_level (default the config's: XLA's own)")
+  g = p.add_argument_group("the input pipeline (--input)")
+  g.add_argument("--input", action="store_true",
+                 help="host images/s of the image readers instead of train steps")
+  g.add_argument("--datasets", default="cifar10,celeba64")
+  g.add_argument("--workers", default="0,1,2", help="data.workers values")
+  g.add_argument("--input-batch", type=int, default=512, help="images per batch read")
+  g.add_argument("--input-batches", type=int, default=8, help="timed batches per setting")
+  g.add_argument("--data-dir", default=None,
+                 help="prepared tfds data (default: stand-ins of the real shapes, made here)")
+  g.add_argument("--stand-in-examples", type=int, default=2048)
+  g.add_argument("--published-batch", type=int, default=512)
+  g.add_argument("--step-times", default="0.1,0.25,0.5",
+                 help="step times (s) at which to state what the published batch consumes")
   args = p.parse_args(argv)
+  args.objectives_given = any(a.startswith("--objectives") for a in (argv or sys.argv[1:]))
 
   load_before = [round(x, 2) for x in os.getloadavg()]
+  if args.input or args.preset:
+    if args.input:
+      result, kind = input_benchmark(args), "input"
+      text = print_input_table(result)
+    else:
+      if args.model != "unet":
+        p.error("--preset needs --model=unet")
+      result, kind = unet_preset_benchmark(args), f"unet_{args.preset}"
+      text = print_unet_table(result)
+    result.update(machine=dict(load_before=load_before,
+                               load_after=[round(x, 2) for x in os.getloadavg()],
+                               cpus=os.cpu_count(), platform=platform.platform(),
+                               jax=jax.__version__, device=str(jax.devices()[0])),
+                  command=" ".join([sys.argv[0]] + (argv or sys.argv[1:])), table=text)
+    print(text)
+    out = args.out or os.path.join(ROOT, "runs", f"benchmark_{kind}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+    print(f"wrote {out}")
+    return 0
   if args.config:
     base = load_config(args.config)
   elif args.model == "unet":

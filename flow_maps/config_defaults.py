@@ -102,6 +102,9 @@ def common() -> ml_collections.ConfigDict:
   # each replaced by the null label with probability label_dropout (the unconditional model).
   c.data.conditional = False
   c.data.label_dropout = 0.1
+  # Image data: 0 reads the batches in the training process (threads); n > 0 in n grain worker
+  # processes (`data/images.py`). The same batches either way; toy data needs none.
+  c.data.workers = 0
 
   # Interpolant I_t = alpha_t x0 + beta_t x1 with noise N(0, sigma0^2 I) (`docs/method.md` §1).
   c.interpolant = ml_collections.ConfigDict()
@@ -448,6 +451,11 @@ def _images(preset: str) -> ml_collections.ConfigDict:
   c.model.channels_per_head = placeholder(int)
   c.model.fourier_bandwidth = placeholder(float)  # of the times' MP Fourier features
   c.model.logvar_channels = placeholder(int)  # Fourier features of the weight head
+  # The learned log-weight head (`unet.WEIGHT_HEADS`): "release", the paper's release (the times
+  # (s, t), unit gain) | "zero_start" (the times (s, t - s), a gain that starts at 0: w = 0).
+  # Not in common(): a run stored before this field existed had "zero_start", so resuming it
+  # here is refused by name (`workdir.check_resume`) instead of restoring another head.
+  c.model.log_weight_head = "release"
 
   c.optim.learning_rate = 1e-2
   c.optim.clip_norm = 1.0

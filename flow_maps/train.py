@@ -387,14 +387,15 @@ def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainStat
 
 
 def _image_batches(exp: Experiment, images: Any, start: int):
-  """The global image batches from step `start` on, each process reading (ahead, in threads)
-  its own slice of every batch; for a conditional run, (images, labels) pairs, the labels those
-  of the same rows (a function of the step too, so a resumed run sees the same pairs)."""
+  """The global image batches from step `start` on, each process reading (ahead, in threads,
+  or in `data.workers` grain processes) its own slice of every batch; for a conditional run,
+  (images, labels) pairs, the labels those of the same rows (a function of the step too, so a
+  resumed run sees the same pairs)."""
   batch_size = exp.config.train.batch_size
   global_shape = (batch_size,) + exp.data_shape
   conditional = exp.conditioning is not None
   local = images.batches(start, batch_size, jax.process_index(), jax.process_count(),
-                         with_labels=conditional)
+                         with_labels=conditional, workers=exp.config.data.get("workers", 0))
 
   def to_global(x, shape):
     return jax.make_array_from_process_local_data(exp.batch_sharding, x, shape)

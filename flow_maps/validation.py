@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Iterable
 
@@ -89,6 +90,7 @@ def _model(config) -> None:
   from flow_maps.networks import unet
   _choice(config, "model.preset", unet.PRESETS)
   _choice(config, "model.compute_dtype", unet.COMPUTE_DTYPES)
+  _choice(config, "model.log_weight_head", unet.WEIGHT_HEADS)
   for field in ("model_channels", "num_blocks", "channels_per_head", "logvar_channels"):
     if config.model.get(field) is not None:
       _number(config, f"model.{field}", low=1, integer=True)
@@ -271,6 +273,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice(config, "data.name", data_lib.DATASETS)
   if config.data.name == "mixture_nd":
     _mixture_nd(config)
+  _number(config, "data.workers", low=0, integer=True)
+  if config.data.workers and data_lib.is_toy(config):
+    _fail("data.workers", f"{config.data.name!r} is drawn inside the train step; worker "
+          f"processes read images only, got {config.data.workers!r}")
+  if config.data.workers and importlib.util.find_spec("grain") is None:
+    _fail("data.workers", "worker processes need grain (`pip install grain`); set 0 to read "
+          "in this process")
   _choice(config, "interpolant.name", interpolants.INTERPOLANTS)
   _number(config, "interpolant.sigma0", low=0, low_open=True)
   _model(config)

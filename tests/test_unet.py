@@ -231,7 +231,7 @@ def test_bfloat16_compute_keeps_float32_output_and_parameters(params, inputs, fo
 @pytest.mark.parametrize("preset, resolution", [("cifar10", 32), ("celeba64", 64)])
 def test_preset_parameter_counts_match_the_paper(preset, resolution):
   """Within 1% of the published counts. The second time's embedding layer (cnoise x cemb) is what
-  the two-time network adds to EDM2's unconditional UNet; the weight head adds 129."""
+  the two-time network adds to EDM2's unconditional UNet; the release's weight head adds 128."""
   module = unet.UNet(img_resolution=resolution, img_channels=3, learn_weight=True,
                      **unet.unet_preset(preset))
   count = unet.count_parameters(module)
@@ -240,7 +240,7 @@ def test_preset_parameter_counts_match_the_paper(preset, resolution):
   arch = unet.unet_preset(preset)
   cnoise = arch["model_channels"] * arch["channel_mult"][0]
   cemb = arch["model_channels"] * max(arch["channel_mult"])
-  edm2_unconditional = count - cnoise * cemb - 129
+  edm2_unconditional = count - cnoise * cemb - 128
   # The paper's figure, rounded to 0.1 M, counts the second embedding: EDM2's does not reach it.
   assert round(count / 1e5) == round(paper / 1e5)
   assert round(edm2_unconditional / 1e5) != round(paper / 1e5)
@@ -259,3 +259,55 @@ def test_unet_from_config_resolves_preset_and_overrides():
   with pytest.raises(ValueError, match="preset"):
     c.model.preset = "imagenet"
     unet.unet_from_config(c.model, (8, 8, 1), 0.5)
+
+
+def _head_by_hand(params, s, t, kind):
+  """The log-weight head written out: MPConv (unit-norm rows over sqrt(fan_in)) of the
+  magnitude-preserving sum of sqrt(2) cos(2 pi (f x + p)) features of s and of the second time."""
+  def features(x, seed):
+    freqs, phases = unet._fourier_constants(128, seed)
+    return np.sqrt(2.0) * np.cos(np.asarray(x)[:, None] * (unet.FOURIER_BANDWIDTH * freqs) + phases)
+  second = t if kind == "release" else t - s
+  emb = (features(s, 2) + features(second, 3)) / np.sqrt(2.0)
+  w = np.asarray(params["weight_head"]["linear"]["weight"], np.float64)
+  w = w / (1e-4 + np.linalg.norm(w, axis=0, keepdims=True) / np.sqrt(w.shape[0]))
+  gain = float(params["weight_head"]["gain"]) if kind == "zero_start" else 1.0
+  return gain * (emb @ w)[:, 0] / np.sqrt(w.shape[0])
+
+
+@pytest.mark.parametrize("kind", unet.WEIGHT_HEADS)
+def test_log_weight_heads_release_and_zero_start(kind):
+  """The release's head (the default): times (s, t), no gain, nonzero at initialisation. The
+  earlier zero_start head: times (s, t - s), a gain that is 0 at initialisation."""
+  module = _module(log_weight_head=kind)
+  params = unet.init_params(module, seed=0)
+  assert set(params["weight_head"]) == ({"linear"} if kind == "release" else {"linear", "gain"})
+  rng = np.random.RandomState(0)
+  s = rng.uniform(0, 1, 16).astype(np.float32)
+  t = rng.uniform(0, 1, 16).astype(np.float32)
+  w0 = np.asarray(fm.FlowMapModel(module).log_weight(params, s, t))
+  if kind == "release":
+    assert np.std(w0) > 0.05  # a function of the times from the start, like the release's
+  else:
+    np.testing.assert_array_equal(w0, 0.0)
+    params = jax.tree.map(lambda x: x, params)
+    params["weight_head"]["gain"] = jnp.asarray(0.8, jnp.float32)
+  w = np.asarray(fm.FlowMapModel(module).log_weight(params, s, t))
+  np.testing.assert_allclose(w, _head_by_hand(params, s, t, kind), rtol=1e-4, atol=1e-5)
+  assert unet.UNet.log_weight_head == "release"
+
+
+def test_a_run_stored_before_the_weight_head_field_is_refused_by_name(tmp_path):
+  """Runs stored before `model.log_weight_head` existed had the zero_start head: resuming one
+  with today's default is refused naming the field, not restored into another head."""
+  import json
+  from flow_maps import config_defaults, validation, workdir
+  config = config_defaults.digits("smoke")
+  stored = workdir.config_as_json(config)
+  del stored["model"]["log_weight_head"]
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(stored))
+  with pytest.raises(validation.ConfigError, match="model.log_weight_head"):
+    workdir.check_resume(str(tmp_path), config, ())
+  config.model.log_weight_head = "zero_start"  # the head that run has, allowed by name
+  changes = workdir.check_resume(str(tmp_path), config, ("model.log_weight_head",))
+  assert [c.field for c in changes] == ["model.log_weight_head"]

@@ -19,7 +19,7 @@ DATASETS = TOY_DATASETS + IMAGE_DATASETS
 
 
 # Fields of config.data that are not parameters of the data set itself.
-NOT_DATASET_PARAMS = ("name", "conditional", "label_dropout")
+NOT_DATASET_PARAMS = ("name", "conditional", "label_dropout", "workers")
 # The data sets whose labels the pipeline carries (data.conditional); the image ones are those
 # with `images.DatasetInfo.num_classes` > 0 (celeba64 has no class labels).
 LABELLED = TOY_2D + ("cifar10", "digits", "mnist5k")

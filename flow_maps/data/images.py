@@ -271,11 +271,19 @@ class ImageDataset:
     return self.source.get(rows)
 
   def batches(self, start_step: int, batch_size: int, process_index: int = 0,
-              process_count: int = 1, prefetch: int = 2,
-              with_labels: bool = False) -> Iterator[Any]:
-    """`batch(k)` for k = start_step, start_step + 1, ..., read ahead by `prefetch` threads
-    (decoding and resizing release the GIL); (images, labels) pairs with `with_labels`. Endless;
-    close it to stop the threads."""
+              process_count: int = 1, prefetch: int = 2, with_labels: bool = False,
+              workers: int = 0) -> Iterator[Any]:
+    """`batch(k)` for k = start_step, start_step + 1, ..., endless; (images, labels) pairs with
+    `with_labels`. Close it to stop its threads or processes.
+
+    workers = 0 reads ahead in this process, `prefetch` threads (decoding and resizing release
+    the GIL); workers = n > 0 reads in n grain worker processes, each holding up to `prefetch`
+    finished batches (`worker_batches`). Either way the k-th batch yielded is exactly `batch(k)`.
+    """
+    if workers:
+      yield from worker_batches(self, start_step, batch_size, process_index, process_count,
+                                with_labels=with_labels, workers=workers, prefetch=prefetch)
+      return
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(prefetch, 1)) as pool:
       def submit(step):
         return pool.submit(self.batch, step, batch_size, process_index, process_count,
@@ -291,6 +299,71 @@ class ImageDataset:
       finally:
         for future in pending:
           future.cancel()
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes (grain).
+
+# Steps a worker pipeline covers: endless in practice (grain's datasets have a length).
+_ENDLESS = 2 ** 40
+
+
+class StepReader:
+  """One process's rows of the global batch at a step: the element a grain pipeline maps each
+  step index to. A plain picklable object, sent once to every worker process."""
+
+  def __init__(self, dataset: ImageDataset, batch_size: int, process_index: int,
+               process_count: int, with_labels: bool):
+    self.dataset = dataset
+    self.args = (batch_size, process_index, process_count, with_labels)
+
+  def __call__(self, step: int) -> Any:
+    return self.dataset.batch(int(step), *self.args)
+
+
+def import_grain():
+  """grain, ready to start workers outside an absl app too; a named error if it is missing."""
+  try:
+    import grain
+  except ImportError as error:
+    raise ImportError("data.workers > 0 reads with grain worker processes: install grain "
+                      "(`pip install 'flow_maps[grain]'` or `pip install grain`), or set "
+                      "data.workers=0 to read in this process") from error
+  from absl import flags
+  # grain reads its options from absl flags; in a script or a test (no absl app) they were
+  # never parsed, and reading one would raise. Their defaults are what we want.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return grain
+
+
+def worker_batches(dataset: ImageDataset, start_step: int, batch_size: int,
+                   process_index: int = 0, process_count: int = 1, *, with_labels: bool = False,
+                   workers: int = 1, prefetch: int = 2) -> Iterator[Any]:
+  """`dataset.batch(k)` for k = start_step, ... read by `workers` grain processes.
+
+  The pipeline is a grain `MapDataset` over step indices, each mapped to its whole batch
+  (`StepReader`), so element k is a function of (seed, k) alone, exactly the in-process
+  reader's batch: resuming at a step needs no iterator state. `mp_prefetch` hands the steps to
+  the workers round robin and yields them back in step order; each worker keeps up to
+  `prefetch` batches ready (one thread per worker: a worker is a core). The workers are
+  started by `spawn`: the program that uses this needs a `__main__` guard, and they take
+  seconds to start (each imports this package). Endless; close it to stop the workers.
+  """
+  if workers < 1:
+    raise ValueError(f"worker_batches needs workers >= 1, got {workers}")
+  grain = import_grain()
+  read = StepReader(dataset, batch_size, process_index, process_count, with_labels)
+  ds = grain.MapDataset.range(start_step, start_step + _ENDLESS).map(read)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
+  ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                   per_worker_buffer_size=max(prefetch, 1)))
+  iterator = iter(ds)
+  try:
+    while True:
+      yield next(iterator)
+  finally:
+    iterator.close()
 
 
 # ------------------------------------------------------------------------------------------------

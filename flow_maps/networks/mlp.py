@@ -10,7 +10,10 @@ import jax.numpy as jnp
 
 
 class LogWeight(nn.Module):
-  """The learned log-weight w(s, t) of `docs/method.md` §4: a small MLP on the two times."""
+  """The learned log-weight w(s, t) of `docs/method.md` §4: a small MLP on the two times (s, t),
+  its output layer zero-initialised (w = 0 at start). The release's 2-D MLP has no learned weight
+  to match (its head returns a constant, §10); the UNet's head follows the release's image
+  network (`unet.LogWeightHead`)."""
 
   width: int = 128
 

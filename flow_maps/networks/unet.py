@@ -46,9 +46,15 @@ input in its own right too. The condition then enters as above.
 Unconditional UNets (num_classes = 0) have none of these parameters and compute exactly what they
 did before.
 
-Learned weight (`docs/method.md` §4, `learn_weight=True`): w(s, t) = gain * MPConv(mp_sum(
-Fourier(s), Fourier(t - s))), a linear layer on MP Fourier features of the two times like EDM2's
-log-variance head, with a scalar `gain` initialised to 0 so that w = 0 at start.
+Learned weight (`docs/method.md` §4, `learn_weight=True`), as the paper's release builds it
+(`log_weight_head="release"`, the default): w(s, t) = MPConv(mp_sum(Fourier(s), Fourier(t))), a
+unit-gain linear layer on MP Fourier features of the two times themselves, like EDM2's
+log-variance head; w is a nonzero function of (s, t) at initialisation, as in the release. The
+release's features are sinusoidal; ours are the same random Fourier features as the network's
+(`docs/method.md` §10). `log_weight_head="zero_start"` is this code's earlier head, kept as an option:
+the features of (s, t - s), the network's own coordinates, and a scalar `gain` initialised to 0
+so that w = 0 at start. The two have different parameters (only zero_start has "gain"), so a
+checkpoint of one never restores into the other.
 
 Forced weight normalisation (EDM2 eq. 66): PyTorch's EDM2 renormalises its weights in place in the
 forward pass; in JAX the train step calls `normalize_weights(params)` after every optimiser update.
@@ -333,19 +339,32 @@ class EDM2UNet(nn.Module):
     return x.astype(jnp.float32)
 
 
+# The learned log-weight heads (`LogWeightHead`, `model.log_weight_head`).
+WEIGHT_HEADS = ("release", "zero_start")
+
+
 class LogWeightHead(nn.Module):
-  """w(s, t) = gain * MPConv(mp_sum(Fourier(s), Fourier(t - s))), with gain = 0 at start."""
+  """The learned log-weight w(s, t) (`docs/method.md` §4), in one of `WEIGHT_HEADS`:
+    - "release" (the paper's release): w = MPConv(mp_sum(Fourier(s), Fourier(t))), gain 1, so w
+      is a nonzero function of the times at initialisation;
+    - "zero_start": w = gain * MPConv(mp_sum(Fourier(s), Fourier(t - s))), gain = 0 at start.
+  """
 
   channels: int = 128
   fourier_bandwidth: float = FOURIER_BANDWIDTH
+  kind: str = "release"
 
   @nn.compact
   def __call__(self, s: Array, t: Array) -> Array:
+    if self.kind not in WEIGHT_HEADS:
+      raise ValueError(f"unknown weight head {self.kind!r}; allowed: {WEIGHT_HEADS}")
     fourier_s = MPFourier(self.channels, self.fourier_bandwidth, seed=2, name="fourier_s")
-    fourier_gap = MPFourier(self.channels, self.fourier_bandwidth, seed=3, name="fourier_gap")
-    emb = mp_sum(fourier_s(s), fourier_gap(t - s))
+    # The same constants for the second time in both kinds; only its argument differs.
+    fourier_2 = MPFourier(self.channels, self.fourier_bandwidth, seed=3, name="fourier_gap")
+    if self.kind == "release":
+      return MPConv(1, name="linear")(mp_sum(fourier_s(s), fourier_2(t)))[:, 0]
     gain = self.param("gain", nn.initializers.zeros, ())
-    return MPConv(1, name="linear")(emb, gain=gain)[:, 0]
+    return MPConv(1, name="linear")(mp_sum(fourier_s(s), fourier_2(t - s)), gain=gain)[:, 0]
 
 
 class UNet(nn.Module):
@@ -371,6 +390,7 @@ class UNet(nn.Module):
   sigma0: float = 1.0
   learn_weight: bool = False
   logvar_channels: int = 128
+  log_weight_head: str = "release"  # one of WEIGHT_HEADS
   num_classes: int = 0
   learn_guidance: bool = False
 
@@ -389,7 +409,8 @@ class UNet(nn.Module):
     if self.learn_guidance and not self.num_classes:
       raise ValueError("UNet: learn_guidance needs labels (num_classes > 0)")
     if self.learn_weight:
-      self.weight_head = LogWeightHead(self.logvar_channels, self.fourier_bandwidth)
+      self.weight_head = LogWeightHead(self.logvar_channels, self.fourier_bandwidth,
+                                       self.log_weight_head)
 
   def __call__(self, s: Array, t: Array, x: Array, train: bool = False,
                label: Array | None = None, guidance: Array | None = None) -> Array:
@@ -456,7 +477,8 @@ PRESETS = {
 PAPER_PARAMETER_COUNTS = {"cifar10": 54.7e6, "celeba64": 124.3e6}
 
 ARCHITECTURE_FIELDS = ("model_channels", "channel_mult", "num_blocks", "attn_resolutions",
-                       "dropout", "channels_per_head", "fourier_bandwidth", "logvar_channels")
+                       "dropout", "channels_per_head", "fourier_bandwidth", "logvar_channels",
+                       "log_weight_head")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
