@@ -14,8 +14,9 @@ NaN or a preemption of one member never takes the others down). Its output goes 
 restartable: running a member again resumes it from its last checkpoint (training resumes by
 itself), and a member already done with the same command is skipped.
 
-`aggregate` reads every member's resolved `config.json` and its latest `eval/step_<step>.json`
-into one row per member (`results.csv`, `results.md`), and lists the members that are missing,
+`aggregate` reads every member's resolved `config.json` and its latest evaluation
+(`eval/step_<step>_<params>_n<num_samples>.json` of the largest step, of those the largest sample
+count; `evaluation/results.py`) into one row per member (`results.csv`, `results.md`), and lists the members that are missing,
 running or failed instead of failing.
 """
 
@@ -339,19 +340,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
 
 
 def latest_eval(workdir: str) -> Optional[dict]:
-  """The `eval/step_<step>.json` of the largest step, or None."""
-  directory = os.path.join(workdir, "eval")
-  steps = []
-  if os.path.isdir(directory):
-    for f in os.listdir(directory):
-      m = re.fullmatch(r"step_(\d+)\.json", f)
-      if m:
-        steps.append(int(m.group(1)))
-  for step in sorted(steps, reverse=True):
-    result = read_json(os.path.join(directory, f"step_{step}.json"))
-    if result is not None:
-      return result
-  return None
+  """The evaluation of the largest step (of those, the largest sample count), or None."""
+  from flow_maps.evaluation import results  # plain Python: no JAX import here
+  return results.latest(os.path.join(workdir, "eval"))
 
 
 def _natural_key(name: str):
@@ -406,6 +397,7 @@ def collect(sweep: Sweep, root: str) -> Results:
       result = dict(result)
       row["eval_step"] = result.pop("step", None)
       row["eval_params"] = result.pop("params", None)
+      result.pop("figure", None)
       row.update(flatten(result, sep="/"))
     elif problem is None and sweep.mode in ("eval", "train_and_eval"):
       problem = f"member {member.index} ({member.name}): done but no eval/step_*.json in {workdir}"
