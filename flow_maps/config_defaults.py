@@ -126,6 +126,9 @@ def common() -> ml_collections.ConfigDict:
   # Samples of the evaluations during training (0: eval.num_samples); the file names and
   # DIR/eval/metrics.jsonl say which count each result used.
   c.train.eval_num_samples = 0
+  # Also log to this Weights & Biases project ("": off); needs `pip install wandb`, which is not
+  # a dependency. TensorBoard events and DIR/metrics.jsonl are written either way.
+  c.train.wandb_project = ""
   # XLA backend optimisation level of the train step; None: XLA's default. 0 compiles a UNet
   # step several times faster on CPU (minutes -> tens of seconds): worth it for short CPU runs.
   c.train.xla_optimization_level = ml_collections.config_dict.placeholder(int)

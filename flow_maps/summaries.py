@@ -52,3 +52,36 @@ class ScalarWriter:
 
   def close(self) -> None:
     self._writer.close()
+
+
+class WandbWriter:
+  """The same calls into a Weights & Biases run (`train.wandb_project`, for users of the paper's
+  release, which logs there). wandb is imported only here, when a run asks for it, and is not a
+  dependency: validation refuses the field by name when it is not installed. The run id is
+  derived from the workdir, so that a resumed run continues the same W&B run."""
+
+  def __init__(self, logdir: str, project: str, config: dict):
+    import hashlib
+    import os
+
+    import wandb
+    logdir = os.path.abspath(logdir)
+    self._wandb = wandb
+    self._run = wandb.init(project=project, dir=logdir, config=config, resume="allow",
+                           id=hashlib.sha256(logdir.encode()).hexdigest()[:16],
+                           name=os.path.basename(logdir))
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    self._run.log(dict(scalars), step=int(step))
+
+  def write_png(self, step: int, tag: str, png: bytes) -> None:
+    import io
+
+    from PIL import Image
+    self._run.log({tag: self._wandb.Image(Image.open(io.BytesIO(png)))}, step=int(step))
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    self._run.finish()

@@ -314,16 +314,20 @@ class _StopRequest:
 
 class _MetricsLog:
   """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
-  (`summaries.ScalarWriter`, no TensorFlow import), both on the chief process only."""
+  (`summaries.ScalarWriter`, no TensorFlow import), and with train.wandb_project a Weights &
+  Biases run too, all on the chief process only."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, config: ml_collections.ConfigDict):
     from flow_maps import summaries
     self.is_chief = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.writer = None
+    self.writers = []
     if self.is_chief:
       self._truncate_after(resume_step)
-      self.writer = summaries.ScalarWriter(workdir)
+      self.writers.append(summaries.ScalarWriter(workdir))
+      if config.train.wandb_project:
+        self.writers.append(summaries.WandbWriter(workdir, config.train.wandb_project,
+                                                  config.to_dict()))
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines logged after the checkpoint we resume from: they will be logged again."""
@@ -331,22 +335,23 @@ class _MetricsLog:
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.is_chief:
-      self.writer.write_scalars(step, scalars)
+      for writer in self.writers:
+        writer.write_scalars(step, scalars)
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": step, **scalars}) + "\n")
 
   def write_eval(self, step: int, output: dict) -> None:
     """An evaluator's scalars and PNG images into TensorBoard as eval/<name> (its JSONL is the
     evaluator's own, DIR/eval/metrics.jsonl)."""
-    if self.is_chief:
-      self.writer.write_scalars(step, {f"eval/{k}": v for k, v in output.get("scalars", {}).items()})
+    for writer in self.writers:  # none off the chief
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in output.get("scalars", {}).items()})
       for name, png in output.get("images", {}).items():
-        self.writer.write_png(step, f"eval/{name}", png)
+        writer.write_png(step, f"eval/{name}", png)
 
   def close(self) -> None:
-    if self.writer is not None:
-      self.writer.flush()
-      self.writer.close()
+    for writer in self.writers:
+      writer.flush()
+      writer.close()
 
 
 class _Profile:
@@ -581,7 +586,7 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
     workdir_lib.record_config_changes(workdir, start, changes)
   write_run_files(exp, workdir, state, frozen)
   step_fn = compile_step(exp, make_train_step(exp, toy, frozen), state)
-  log = _MetricsLog(workdir, start)
+  log = _MetricsLog(workdir, start, config)
   stack.callback(log.close)
   evaluate_at = eval_steps(tc) if evaluators else frozenset()
   sync_every = min(SYNC_EVERY, tc.log_every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any, Iterable
 
@@ -311,6 +312,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _choice(config, "train.eval_schedule", ("every", "log"))
   _number(config, "train.eval_points", low=1, integer=True)
   _number(config, "train.eval_num_samples", low=0, integer=True)
+  project = _require(config, "train.wandb_project")
+  if not isinstance(project, str):
+    _fail("train.wandb_project", f"must be a project name or '' (off), got {project!r}")
+  if project and importlib.util.find_spec("wandb") is None:
+    _fail("train.wandb_project", f"logging to W&B project {project!r} needs the wandb package, "
+          "which is not installed (pip install wandb)")
   if config.train.eval_schedule == "log" and config.train.eval_every:
     _fail("train.eval_every", "is the step of eval_schedule='every'; with eval_schedule='log' "
           f"the evaluation steps are set by train.eval_points, got eval_every="
