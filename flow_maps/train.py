@@ -410,7 +410,7 @@ class _Clock:
 
 
 def compute_record(step: int, clock: _Clock, batch_size: int, step_flops: float) -> dict:
-  """What an evaluation point cost (issue: quality against compute): optimiser steps, examples
+  """What an evaluation point cost (`docs/curves.md`): optimiser steps, examples
   seen, training wall-clock seconds without compilation and evaluation (None if the run resumed
   from a checkpoint that did not record it) and XLA-counted training FLOPs (None where XLA gives
   no count)."""
