@@ -196,11 +196,6 @@ class Step:
     return (time.perf_counter() - start) / n
 
 
-def _cost(compiled) -> dict:
-  cost = compiled.cost_analysis()
-  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-
-
 def count_matmuls(hlo_text: str) -> int:
   """dot and convolution instructions in optimised HLO (fusions included)."""
   return len(re.findall(r"\b(?:dot|convolution)\(", hlo_text))
@@ -243,7 +238,7 @@ def lowered_flops(config, batch_size: int) -> float:
   compiled count but close to it: within 1.1 % of the step's FLOPs on the MLP presets, 0.12
   passes per off-diagonal row either way (LSD 7.04 lowered against 7.16 compiled, guided LSD
   10.24 against 10.13)."""
-  return float(_cost(lower_step(config, batch_size)[0]).get("flops", float("nan")))
+  return float(train.cost_analysis(lower_step(config, batch_size)[0]).get("flops", float("nan")))
 
 
 def compile_step(label: str, config, batch_size: int,
@@ -253,7 +248,7 @@ def compile_step(label: str, config, batch_size: int,
   start = time.perf_counter()  # tracing and lowering included: what a run waits for
   compiled = lowered.compile()
   seconds += time.perf_counter() - start
-  cost = _cost(compiled)
+  cost = train.cost_analysis(compiled)
   return Step(label=label, compiled=compiled, state=state, batch=batch, frozen=frozen,
               compile_seconds=seconds,
               flops=float(cost.get("flops", float("nan"))),
@@ -270,7 +265,7 @@ def forward_flops(config, batch_size: int) -> float:
   s = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
   x = jax.ShapeDtypeStruct((batch_size,) + exp.data_shape, jnp.float32)
   compiled = jax.jit(lambda p, s, x: exp.model.bind(p)(s, s, x)).lower(params, s, x).compile()
-  return float(_cost(compiled).get("flops", float("nan")))
+  return float(train.cost_analysis(compiled).get("flops", float("nan")))
 
 
 def loss_agreement(config, batch_size: int) -> float:

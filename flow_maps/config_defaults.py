@@ -192,6 +192,16 @@ def common() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 5_000
   c.train.keep_checkpoints = 3
   c.train.eval_every = 0  # 0: evaluate only when asked (--mode=eval) or at the end (train_and_eval)
+  # When the loop evaluates (`train.eval_steps`): every (each eval_every steps) | log
+  # (eval_points steps doubling up to num_steps: quality against compute, `experiments/curves.py`).
+  c.train.eval_schedule = "every"
+  c.train.eval_points = 8
+  # Samples of the evaluations during training (0: eval.num_samples); the file names and
+  # DIR/eval/metrics.jsonl say which count each result used.
+  c.train.eval_num_samples = 0
+  # Also log to this Weights & Biases project ("": off); needs `pip install wandb`, which is not
+  # a dependency. TensorBoard events and DIR/metrics.jsonl are written either way.
+  c.train.wandb_project = ""
   # XLA backend optimisation level of the train step; None: XLA's default. 0 compiles a UNet
   # step several times faster on CPU (minutes -> tens of seconds): worth it for short CPU runs.
   c.train.xla_optimization_level = ml_collections.config_dict.placeholder(int)
@@ -202,6 +212,8 @@ def common() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.params = "ema_0.9999"  # online | ema_<decay>
+  # Which checkpoints --mode=eval evaluates: latest | all (every kept one) | "<step>".
+  c.eval.checkpoint = "latest"
   # flow_map: x_{k+1} = X_{t_k, t_{k+1}}(x_k); consistency: the single-time map X_{t_k, 1}, then
   # fresh noise back to t_{k+1} (consistency models' multistep sampling, `sampling.py`).
   c.eval.sampler = "flow_map"

@@ -1,9 +1,15 @@
-"""What `main.py` runs for each mode, with the user's mistakes turned into one-line errors."""
+"""What `main.py` runs for each mode, with the user's mistakes turned into one-line errors.
+
+The layers meet here: the training loop (`train.py`) takes its evaluators as arguments, and this
+module builds them (`run_eval.make_evaluator`) once, after validation; `train.py` never imports
+the evaluation layer.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 import ml_collections
 
@@ -40,16 +46,36 @@ def _check_eval_ready(config: ml_collections.ConfigDict) -> None:
     image_eval.check_ready(config)
 
 
+def _evaluates_while_training(config: ml_collections.ConfigDict) -> bool:
+  return config.train.eval_schedule == "log" or bool(config.train.eval_every)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           allow_config_change: tuple[str, ...]) -> Optional[int]:
+  """Builds the experiment (validating the config) and the evaluator the config asks for, then
+  trains; returns the signal that stopped the run, or None."""
+  exp = train.build_experiment(config)
+  evaluators = ()
+  if _evaluates_while_training(config):
+    from flow_maps.evaluation import run_eval
+    evaluators = (run_eval.make_evaluator(exp, workdir,
+                                          num_samples=config.train.eval_num_samples or None),)
+  _, stopped_by = train.train(config, workdir, exp=exp, evaluators=evaluators,
+                              allow_config_change=allow_config_change)
+  return stopped_by
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mode: str,
         allow_config_change: tuple[str, ...] = ()) -> int:
   """Returns the process exit code: 0 done, 1 the run failed, 2 bad input, 128 + signal when
   stopped by SIGTERM / SIGINT (during training, after saving a checkpoint)."""
   cli.running()
   try:
-    if mode in ("eval", "train_and_eval"):
+    if mode in ("eval", "train_and_eval") or (mode == "train" and
+                                              _evaluates_while_training(config)):
       _check_eval_ready(config)  # before training: a long run must not end on a missing file
     if mode in ("train", "train_and_eval"):
-      _, stopped_by = train.train(config, workdir, allow_config_change=allow_config_change)
+      stopped_by = _train(config, workdir, allow_config_change)
       if stopped_by is not None:
         return 128 + stopped_by
     if mode in ("eval", "train_and_eval"):

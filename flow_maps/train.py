@@ -232,6 +232,41 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
   return step
 
 
+def batch_spec(exp: Experiment) -> Any:
+  """The abstract global batch of an image run (None for toy data, drawn inside the step)."""
+  if data_lib.is_toy(exp.config):
+    return None
+  b = exp.config.train.batch_size
+  x = jax.ShapeDtypeStruct((b,) + exp.data_shape, jnp.float32, sharding=exp.batch_sharding)
+  if exp.conditioning is None:
+    return x
+  return x, jax.ShapeDtypeStruct((b,), jnp.int32, sharding=exp.batch_sharding)
+
+
+def cost_analysis(compiled: Any) -> dict[str, float]:
+  """XLA's counts for a compiled executable ("flops", "bytes accessed", ...): those of the
+  program each device runs (on a mesh of D devices, the whole step does D times the work)."""
+  cost = compiled.cost_analysis()
+  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """The train step compiled ahead of time, so that no step's time includes compilation."""
+  run: Callable[[TrainState, Any], tuple[TrainState, dict]]
+  seconds: float  # tracing, lowering and compiling
+  flops: float  # XLA's count for one step over every device (nan where XLA has none)
+
+
+def compile_step(exp: Experiment, step: Callable, state: TrainState) -> CompiledStep:
+  start = time.perf_counter()
+  compiled = step.jitted.lower(state, batch_spec(exp), step.frozen).compile()
+  seconds = time.perf_counter() - start
+  flops = float(cost_analysis(compiled).get("flops", float("nan"))) * exp.mesh.size
+  return CompiledStep(run=lambda state, batch: compiled(state, batch, step.frozen),
+                      seconds=seconds, flops=flops)
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -279,16 +314,20 @@ class _StopRequest:
 
 class _MetricsLog:
   """DIR/metrics.jsonl (one JSON object per logged step) and TensorBoard events
-  (`summaries.ScalarWriter`, no TensorFlow import), both on the chief process only."""
+  (`summaries.ScalarWriter`, no TensorFlow import), and with train.wandb_project a Weights &
+  Biases run too, all on the chief process only."""
 
-  def __init__(self, workdir: str, resume_step: int):
+  def __init__(self, workdir: str, resume_step: int, config: ml_collections.ConfigDict):
     from flow_maps import summaries
     self.is_chief = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.writer = None
+    self.writers = []
     if self.is_chief:
       self._truncate_after(resume_step)
-      self.writer = summaries.ScalarWriter(workdir)
+      self.writers.append(summaries.ScalarWriter(workdir))
+      if config.train.wandb_project:
+        self.writers.append(summaries.WandbWriter(workdir, config.train.wandb_project,
+                                                  config.to_dict()))
 
   def _truncate_after(self, step: int) -> None:
     """Drops lines logged after the checkpoint we resume from: they will be logged again."""
@@ -296,14 +335,23 @@ class _MetricsLog:
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self.is_chief:
-      self.writer.write_scalars(step, scalars)
+      for writer in self.writers:
+        writer.write_scalars(step, scalars)
       with open(self.path, "a") as f:
         f.write(json.dumps({"step": step, **scalars}) + "\n")
 
+  def write_eval(self, step: int, output: dict) -> None:
+    """An evaluator's scalars and PNG images into TensorBoard as eval/<name> (its JSONL is the
+    evaluator's own, DIR/eval/metrics.jsonl)."""
+    for writer in self.writers:  # none off the chief
+      writer.write_scalars(step, {f"eval/{k}": v for k, v in output.get("scalars", {}).items()})
+      for name, png in output.get("images", {}).items():
+        writer.write_png(step, f"eval/{name}", png)
+
   def close(self) -> None:
-    if self.writer is not None:
-      self.writer.flush()
-      self.writer.close()
+    for writer in self.writers:
+      writer.flush()
+      writer.close()
 
 
 class _Profile:
@@ -330,6 +378,66 @@ class _Profile:
       jax.profiler.stop_trace()
       self.active = False
       print(f"profile of steps {self.start} to {self.end - 1} -> {self.directory}", flush=True)
+
+
+class _Clock:
+  """Training time: the wall clock of the step windows alone, from dispatching a window's first
+  step to reading its metrics, so that compilation (done before the loop), evaluation,
+  checkpointing and logging are not in it. Carried across a resume in the checkpoint's metadata;
+  a checkpoint written without it starts the count at its step (`since`)."""
+
+  def __init__(self, seconds: Optional[float], start: int):
+    self.seconds = 0.0 if seconds is None else float(seconds)
+    self.since = start if seconds is None else 0
+    self._start = None
+
+  def start(self) -> None:
+    self._start = time.perf_counter()
+
+  def stop(self) -> float:
+    """The seconds since `start`, added to the total."""
+    dt = time.perf_counter() - self._start
+    self.seconds += dt
+    return dt
+
+  def eta(self, step: int, num_steps: int) -> str:
+    if step <= self.since or self.seconds <= 0:
+      return "?"
+    return _format_duration((num_steps - step) * self.seconds / (step - self.since))
+
+  def metadata(self) -> dict:
+    return {"train_seconds": self.seconds} if self.since == 0 else {}
+
+
+def compute_record(step: int, clock: _Clock, batch_size: int, step_flops: float) -> dict:
+  """What an evaluation point cost (`docs/curves.md`): optimiser steps, examples
+  seen, training wall-clock seconds without compilation and evaluation (None if the run resumed
+  from a checkpoint that did not record it) and XLA-counted training FLOPs (None where XLA gives
+  no count)."""
+  return {"step": step, "examples": step * batch_size,
+          "train_seconds": clock.seconds if clock.since == 0 else None,
+          "train_flops": step * step_flops if np.isfinite(step_flops) else None}
+
+
+# An evaluator (the project's is `run_eval.make_evaluator`, built in `run.py`): called at the
+# loop's evaluation steps (`eval_steps`) with the state and `compute_record`; it writes its own
+# files and returns {"scalars": {name: value}, "images": {name: PNG bytes}}, which the loop
+# writes to TensorBoard beside the training scalars as eval/<name>. The loop never imports the
+# evaluation layer.
+Evaluator = Callable[["TrainState", dict], dict]
+
+
+def eval_steps(tc: ml_collections.ConfigDict) -> frozenset[int]:
+  """The steps the loop evaluates at: with eval_schedule 'every', each multiple of eval_every
+  before the last step (train_and_eval evaluates the final state in full); with 'log',
+  eval_points steps that double up to and including the last, num_steps / 2^(K-1), ...,
+  num_steps / 2, num_steps (fewer if some round to the same step)."""
+  if tc.eval_schedule == "log":
+    k = tc.eval_points
+    return frozenset(max(1, round(tc.num_steps * 2.0 ** (i - k + 1))) for i in range(k))
+  if tc.eval_every:
+    return frozenset(range(tc.eval_every, tc.num_steps, tc.eval_every))
+  return frozenset()
 
 
 def _format_duration(seconds: float) -> str:
@@ -426,9 +534,12 @@ def _last_checkpoint_verdict(manager: ckpt_lib.Checkpoints, target: Any) -> str:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *,
-          exp: Optional[Experiment] = None, allow_config_change: tuple[str, ...] = ()
-          ) -> tuple[TrainState, Optional[int]]:
+          exp: Optional[Experiment] = None, evaluators: tuple[Evaluator, ...] = (),
+          allow_config_change: tuple[str, ...] = ()) -> tuple[TrainState, Optional[int]]:
   """Trains to `config.train.num_steps`, resuming from the workdir's newest intact checkpoint.
+
+  At the steps of `eval_steps` (train.eval_schedule) the loop calls each of `evaluators`
+  (see `Evaluator`); without evaluators it evaluates nothing.
 
   On resume the stored DIR/config.json must agree with `config` on every field that changes the
   run's meaning, except those in `allow_config_change` (`workdir.check_resume`); changes are
@@ -453,12 +564,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         print(f"warning: {workdir} has checkpoints but no {workdir_lib.CONFIG_FILE}: resuming "
               "without comparing configs", file=sys.stderr, flush=True)
       changes = workdir_lib.check_resume(workdir, config, allow_config_change)
-    return _train(exp, workdir, manager, stack, stop, changes, frozen)
+    return _train(exp, workdir, manager, stack, stop, changes, frozen, tuple(evaluators))
 
 
 def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
            stack: contextlib.ExitStack, stop: _StopRequest, changes: list,
-           frozen: Optional[pretrained_lib.Pretrained]) -> tuple[TrainState, Optional[int]]:
+           frozen: Optional[pretrained_lib.Pretrained], evaluators: tuple[Evaluator, ...]
+           ) -> tuple[TrainState, Optional[int]]:
   config = exp.config
   tc = config.train
   toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
@@ -467,19 +579,20 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   start = int(state.step)
   # The steps of the current logging window before the checkpoint, so that the first line
   # after a resume averages the same steps as an uninterrupted run's.
-  window: dict[str, list[float]] = {}
-  if start:
-    window = dict((manager.stored_metadata(start) or {}).get("metrics_window", {}))
+  stored = (manager.stored_metadata(start) or {}) if start else {}
+  window: dict[str, list[float]] = dict(stored.get("metrics_window", {}))
+  # Training seconds so far: the ETA and the compute axes continue across the resume.
+  clock = _Clock(stored.get("train_seconds"), start)
   if jax.process_index() == 0:
     workdir_lib.record_config_changes(workdir, start, changes)
   write_run_files(exp, workdir, state, frozen)
-  step_fn = make_train_step(exp, toy, frozen)
-  log = _MetricsLog(workdir, start)
+  step_fn = compile_step(exp, make_train_step(exp, toy, frozen), state)
+  log = _MetricsLog(workdir, start, config)
   stack.callback(log.close)
+  evaluate_at = eval_steps(tc) if evaluators else frozenset()
   sync_every = min(SYNC_EVERY, tc.log_every)
   pending: list[tuple[int, dict]] = []
-  window_start, window_steps = time.perf_counter(), 0
-  rate_start, rate_steps = None, 0  # steps/s for the ETA, counted from the first sync (compiled)
+  window_seconds, window_steps = 0.0, 0
   step = start
   stopped_by = None
   reader, batches = (None, None) if toy is not None else _image_batches(exp, images, start)
@@ -489,20 +602,25 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   # close (the stack's callbacks) are never cut short.
   stop.flag_only()
   if jax.process_index() == 0:
+    flops = (f", {step_fn.flops / 1e9:.3g} GFLOP per step" if np.isfinite(step_fn.flops)
+             else "")
     print(f"{'resuming at' if start else 'starting'} step {start} of {tc.num_steps} in {workdir}; "
           f"{exp.mesh.size} device(s), global batch {tc.batch_size}, "
-          f"{parameter_count(state.params):,} parameters", flush=True)
+          f"{parameter_count(state.params):,} parameters; step compiled in "
+          f"{step_fn.seconds:.1f} s{flops}", flush=True)
   profile = _Profile(workdir, tc.profile_start, tc.profile_steps)
   stack.callback(profile.stop)
+  checkpoint_extra = lambda: {"metrics_window": window, **clock.metadata()}
+  clock.start()
   while step < tc.num_steps:
     batch = None if toy is not None else next(batches)
     profile.before(step)
-    state, metrics = step_fn(state, batch)
+    state, metrics = step_fn.run(state, batch)
     step += 1
     profile.after(step, state)
     pending.append((step, metrics))
     boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
-                or (tc.eval_every and step % tc.eval_every == 0))
+                or step in evaluate_at)
     if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
       continue
     try:
@@ -513,37 +631,34 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
           window.setdefault(name, []).append(v)
     except NonFiniteLossError as e:
       raise NonFiniteLossError(f"{e}{_last_checkpoint_verdict(manager, state)}") from None
+    window_seconds += clock.stop()  # everything after this line until clock.start() is not training
     window_steps += len(pending)
-    if rate_start is None:
-      rate_start = time.perf_counter()
-    else:
-      rate_steps += len(pending)
     pending = []
     if step % tc.log_every == 0 or step == tc.num_steps:
-      elapsed = time.perf_counter() - window_start
       scalars = {name: float(np.mean(v)) for name, v in window.items()}
-      scalars["steps_per_sec"] = window_steps / max(elapsed, 1e-9)
+      scalars["steps_per_sec"] = window_steps / max(window_seconds, 1e-9)
       log.write(step, scalars)
       if jax.process_index() == 0:
-        rate = rate_steps / max(time.perf_counter() - rate_start, 1e-9)
-        eta = _format_duration((tc.num_steps - step) / rate) if rate_steps else "?"
         terms = "  ".join(f"{k} {scalars[k]:.4g}" for k in window
                           if k not in ("loss", "learning_rate", "max_gap"))
         print(f"step {step}/{tc.num_steps}  loss {scalars['loss']:.4g}  {terms}  "
-              f"{scalars['steps_per_sec']:.1f} steps/s  ETA {eta}", flush=True)
-      window, window_start, window_steps = {}, time.perf_counter(), 0
+              f"{scalars['steps_per_sec']:.1f} steps/s  ETA {clock.eta(step, tc.num_steps)}",
+              flush=True)
+      window, window_seconds, window_steps = {}, 0.0, 0
     saved = step % tc.checkpoint_every == 0 or step == tc.num_steps or bool(stop.signum)
     if saved:
-      manager.save(step, state, extra={"metrics_window": window})
-    if tc.eval_every and step % tc.eval_every == 0 and step < tc.num_steps:
-      from flow_maps.evaluation import run_eval  # imports this module
-      stop.interruptible(lambda: run_eval.evaluate_state(exp, state, workdir))
+      manager.save(step, state, extra=checkpoint_extra())
+    if step in evaluate_at:
+      record = compute_record(step, clock, tc.batch_size, step_fn.flops)
+      stop.interruptible(lambda: [log.write_eval(step, evaluate(state, record))
+                                  for evaluate in evaluators])
       if stop.signum and not saved:  # the signal came during the evaluation
-        manager.save(step, state, extra={"metrics_window": window})
+        manager.save(step, state, extra=checkpoint_extra())
     if stop.signum:
       stopped_by = stop.signum
       if jax.process_index() == 0:
         print(f"received signal {stop.signum}: saved a checkpoint at step {step}, stopping",
               flush=True)
       break
+    clock.start()
   return state, stopped_by

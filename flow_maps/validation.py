@@ -343,6 +343,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   for field in ("log_every", "checkpoint_every", "keep_checkpoints"):
     _number(config, f"train.{field}", low=1, integer=True)
   _number(config, "train.eval_every", low=0, integer=True)
+  _choice(config, "train.eval_schedule", ("every", "log"))
+  _number(config, "train.eval_points", low=1, integer=True)
+  _number(config, "train.eval_num_samples", low=0, integer=True)
+  project = _require(config, "train.wandb_project")
+  if not isinstance(project, str):
+    _fail("train.wandb_project", f"must be a project name or '' (off), got {project!r}")
+  if project and importlib.util.find_spec("wandb") is None:
+    _fail("train.wandb_project", f"logging to W&B project {project!r} needs the wandb package, "
+          "which is not installed (pip install wandb)")
+  if config.train.eval_schedule == "log" and config.train.eval_every:
+    _fail("train.eval_every", "is the step of eval_schedule='every'; with eval_schedule='log' "
+          f"the evaluation steps are set by train.eval_points, got eval_every="
+          f"{config.train.eval_every}")
   _number(config, "train.profile_start", low=0, integer=True)
   _number(config, "train.profile_steps", low=0, integer=True)
   if config.train.get("xla_optimization_level") is not None:
@@ -376,6 +389,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _step_counts(field, _require(config, field), allow_empty=False)
   _step_counts("eval.ode_steps", config.eval.get("ode_steps", ()), allow_empty=True)
   _number(config, "eval.num_samples", low=1, integer=True)
+  which = _require(config, "eval.checkpoint")
+  if not isinstance(which, str) or not (which in ("latest", "all") or which.isdigit()):
+    _fail("eval.checkpoint", f"must be 'latest', 'all' or a checkpoint's step, got {which!r}")
   _number(config, "eval.batch_size", low=1, integer=True)
   _number(config, "sample.num_samples", low=1, integer=True)
   if "kl_bins" in config.eval:

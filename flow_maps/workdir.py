@@ -39,7 +39,9 @@ METRICS_FILE = "metrics.jsonl"
 MEANING = ("seed", "data.", "interpolant.", "model.", "objective.", "guidance.", "optim.",
            "train.batch_size", "train.ema_decays")
 MAY_CHANGE = ("train.num_steps", "train.log_every", "train.checkpoint_every",
-              "train.keep_checkpoints", "train.eval_every", "train.xla_optimization_level",
+              "train.keep_checkpoints", "train.eval_every", "train.eval_schedule",
+              "train.eval_points", "train.eval_num_samples", "train.wandb_project",
+              "train.xla_optimization_level",
               "train.profile_start", "train.profile_steps", "eval.", "sample.")
 # What eval and sample need to match the checkpoint's run: the data, the network (and the
 # interpolant it was trained for) and the parameter sets the checkpoint holds.

@@ -324,7 +324,7 @@ def test_sample_mode_of_a_conditional_image_run_names_label_and_guidance(conditi
   from flow_maps.evaluation import run_eval
   config, workdir = conditional_run
   out = run_eval.sample(config, workdir)
-  assert out == os.path.join(workdir, "samples", "step_0")
+  assert out == os.path.join(workdir, "samples", f"step_0_online_n{config.sample.num_samples}")
   expected = {"labels_7.npy"} | {f"n{n}_label_7_w{w}.{ext}" for n in (1, 2) for w in ("0", "2.5")
                                   for ext in ("npz", "png")}
   assert set(os.listdir(out)) == expected
@@ -353,7 +353,8 @@ def test_eval_of_a_conditional_image_run_scores_every_guidance_scale(conditional
   config.eval.steps = (1,)
   config.eval.ode_steps = (1,)
   result = run_eval.evaluate(config, workdir)
-  stored = json.load(open(os.path.join(workdir, "eval", "step_0.json")))
+  stored = json.load(open(os.path.join(workdir, "eval",
+                                       f"step_0_online_n{config.eval.num_samples}.json")))
   assert stored["guidance"].keys() == {"1", "3"} and result["learned_guidance"] is True
   for w in ("1", "3"):
     row = stored["guidance"][w]

@@ -101,8 +101,8 @@ def test_image_run_resumed_midway_is_bitwise_the_straight_run(one_device_run, tm
 def test_sample_mode_writes_npz_and_png_for_each_step_count(one_device_run):
   r = cli(one_device_run, mode="sample")
   assert r.returncode == 0, r.stderr
-  out = one_device_run / "samples" / "step_4"
   count = smoke_config().sample.num_samples
+  out = one_device_run / "samples" / f"step_4_{smoke_config().eval.params}_n{count}"
   for n in smoke_config().sample.steps:
     samples = np.load(out / f"n{n}.npz")["samples"]
     assert samples.shape == (count, 32, 32, 1) and samples.dtype == np.float32
@@ -177,7 +177,8 @@ def test_eval_mode_writes_fid_per_step_count(one_device_run, inception_weights, 
   r = cli(one_device_run, f"--config.eval.fid_stats={reference}", mode="eval",
           env={fid.WEIGHTS_ENV: inception_weights})
   assert r.returncode == 0, r.stderr
-  result = json.load(open(one_device_run / "eval" / "step_4.json"))
+  name = f"step_4_{smoke_config().eval.params}_n16.json"  # the weights and the sample count
+  result = json.load(open(one_device_run / "eval" / name))
   assert set(result["fid"]) == {"1", "2"} and set(result["ode_fid"]) == {"2"}
   assert result["num_samples"] == 16 and result["reference_count"] == 64
   assert result["fid_floor"] == pytest.approx(floor)

@@ -257,13 +257,14 @@ def test_figures_from_sweep_results(tmp_path):
 
 def test_best_checkpoint_of_a_mixture_run_is_by_flow_map_error(tmp_path):
   """Without KL or FID, the best checkpoint per N is the one of the lowest flow-map error."""
-  from flow_maps.evaluation import run_eval
+  from flow_maps.evaluation import results
   for step, errors in ((10, {"1": 0.5, "4": 0.1}), (20, {"1": 0.3, "4": 0.2})):
-    with open(tmp_path / f"step_{step}.json", "w") as f:
+    with open(tmp_path / f"{results.stem(step, 'online', 2000)}.json", "w") as f:
       json.dump({"step": step, "params": "online", "flow_map_error": errors, "w2": errors}, f)
-  best = run_eval.best_per_step_count(str(tmp_path), "online")
-  assert best["metric"] == "flow_map_error"
-  assert best["best"] == {"1": {"value": 0.3, "step": 20}, "4": {"value": 0.1, "step": 10}}
+  best = results.best(results.scan(str(tmp_path)))
+  assert best["metric"] == "flow_map_error" and len(best["groups"]) == 1
+  assert best["groups"][0]["best"] == {"1": {"value": 0.3, "step": 20},
+                                       "4": {"value": 0.1, "step": 10}}
 
 
 @pytest.mark.slow
@@ -276,8 +277,9 @@ def test_smoke_sweep_member_then_figures(tmp_path):
                          "--index=1"], cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   workdir = [os.path.join(root, d) for d in os.listdir(root) if d.startswith("1_")][0]
-  with open(os.path.join(workdir, "eval", "step_4.json")) as f:
-    result = json.load(f)
+  from flow_maps.evaluation import results
+  result = results.latest(os.path.join(workdir, "eval"))
+  assert result["step"] == 4
   assert result["dim"] == 4 and set(result["flow_map_error"]) == {"1", "2"}
   assert result["lipschitz"]["exact"] <= result["lipschitz"]["sup_on_grid"] * (1 + 1e-5)
   proc = subprocess.run([sys.executable, "experiments/mixture_figures.py", sweep,

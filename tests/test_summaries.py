@@ -51,3 +51,75 @@ def test_training_never_imports_tensorflow(tmp_path):
   traces = [f for _, _, files in os.walk(workdir / "profile") for f in files]
   assert any(f.endswith(".xplane.pb") for f in traces), traces
   assert "profile of steps 4 to 6" in r.stdout
+
+
+def _png(width=6, height=4):
+  import io
+
+  import numpy as np
+  from PIL import Image
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
+def test_png_images_read_back(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  from flow_maps import summaries
+  writer = summaries.ScalarWriter(str(tmp_path))
+  writer.write_png(7, "eval/samples", _png())
+  writer.close()
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+  acc.Reload()
+  [image] = acc.Images("eval/samples")
+  assert (image.step, image.width, image.height) == (7, 6, 4)
+  assert image.encoded_image_string == _png()
+
+
+def test_wandb_project_without_wandb_is_refused_by_name(monkeypatch):
+  import importlib.util
+
+  import pytest
+  from flow_maps import config_defaults, validation
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "wandb" else real(name, *a))
+  config = config_defaults.checkerboard("smoke")
+  config.train.wandb_project = "flow-maps"
+  with pytest.raises(validation.ConfigError,
+                     match="train.wandb_project: .* needs the wandb package"):
+    validation.validate(config)
+
+
+def test_wandb_writer_logs_scalars_and_images_to_one_run_per_workdir(tmp_path, monkeypatch):
+  """A stand-in `wandb` module records what the writer sends: the same run id for the same
+  workdir (a resume continues the run), scalars and images at their steps, and a finish."""
+  import types
+  from flow_maps import summaries
+  calls = []
+
+  class Run:
+    def log(self, data, step):
+      calls.append(("log", step, data))
+
+    def finish(self):
+      calls.append(("finish",))
+
+  def init(**kwargs):
+    calls.append(("init", kwargs))
+    return Run()
+
+  fake = types.ModuleType("wandb")
+  fake.init, fake.Image = init, lambda image: ("image", image.size)
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  for _ in range(2):
+    writer = summaries.WandbWriter(str(tmp_path), "flow-maps", {"seed": 0})
+    writer.write_scalars(3, {"loss": 0.5})
+    writer.write_png(3, "eval/samples", _png())
+    writer.close()
+  inits = [c[1] for c in calls if c[0] == "init"]
+  assert inits[0]["id"] == inits[1]["id"] and inits[0]["resume"] == "allow"
+  assert inits[0]["project"] == "flow-maps" and inits[0]["config"] == {"seed": 0}
+  assert ("log", 3, {"loss": 0.5}) in calls
+  assert ("log", 3, {"eval/samples": ("image", (6, 4))}) in calls
+  assert calls[-1] == ("finish",)

@@ -152,15 +152,20 @@ def _fake_member(workdir, *, state, returncode, config=None, evals=()):
       json.dump(config, f)
   for result in evals:
     os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-    with open(os.path.join(workdir, "eval", f"step_{result['step']}.json"), "w") as f:
+    name = (f"step_{result['step']}_ema_0.9_n{result['num_samples']}.json"
+            if "num_samples" in result else f"step_{result['step']}.json")  # an older run's
+    with open(os.path.join(workdir, "eval", name), "w") as f:
       json.dump(result, f)
 
 
-def _eval(step, scale):
-  return {"step": step, "params": "ema_0.9", "objective": "lsd",
-          "kl": {str(n): scale / n for n in (1, 2, 16)}, "kl_noise_floor": 0.001,
-          "flow_map_error": {"1": scale, "2": scale / 2, "16": scale / 3},
-          "ode_kl": {"16": 0.5 * scale}}
+def _eval(step, scale, num_samples=None):
+  result = {"step": step, "params": "ema_0.9", "objective": "lsd",
+            "kl": {str(n): scale / n for n in (1, 2, 16)}, "kl_noise_floor": 0.001,
+            "flow_map_error": {"1": scale, "2": scale / 2, "16": scale / 3},
+            "ode_kl": {"16": 0.5 * scale}}
+  if num_samples is not None:
+    result["num_samples"] = num_samples
+  return result
 
 
 def test_aggregate_reports_missing_and_failed(tmp_path):
@@ -171,9 +176,10 @@ def test_aggregate_reports_missing_and_failed(tmp_path):
   expanded = sweep.expand()
   root = str(tmp_path)
   config = lambda seed, name: {"seed": seed, "objective": {"name": name, "psd_h": "uniform"}}
-  # Member 0: two evaluations, the latest (step 20) is reported.
+  # Member 0: evaluations at two steps, the latest (step 20) with two sample counts: the
+  # larger count's is reported.
   _fake_member(expanded[0].workdir(root), state="done", returncode=0, config=config(0, "lsd"),
-               evals=[_eval(10, 9.0), _eval(20, 1.0)])
+               evals=[_eval(10, 9.0, 500), _eval(20, 7.0, 500), _eval(20, 1.0, 4000)])
   _fake_member(expanded[1].workdir(root), state="done", returncode=0, config=config(1, "lsd"),
                evals=[_eval(20, 3.0)])
   _fake_member(expanded[2].workdir(root), state="failed", returncode=1, config=config(0, "esd"))

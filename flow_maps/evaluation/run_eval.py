@@ -1,21 +1,26 @@
-"""`--mode=eval` and `--mode=sample`: load the workdir's latest checkpoint, then evaluate or sample.
+"""`--mode=eval` and `--mode=sample`, and the evaluator the training loop is handed.
 
-Outputs (step = the checkpoint's step):
-  - eval:   DIR/eval/step_<step>.json (and .png for 2-D data), a table on stdout; once two or
-            more checkpoints are evaluated (`train.eval_every`), DIR/eval/best.json: the best
-            checkpoint for each number of steps, as the paper reports (a fixed checkpoint's
-            numbers stay in its step_<step>.json);
-  - sample: DIR/samples/step_<step>/n<N>.npy (2-D: float32 [count, 2]) or n<N>.npz and
+Outputs (step = the checkpoint's step; file names in `results.py`):
+  - eval:   DIR/eval/step_<step>_<params>_n<num_samples>.json (and .png for 2-D data), a table
+            on stdout, a line of DIR/eval/metrics.jsonl and the same scalars in TensorBoard
+            (tags eval/<metric>_n<N>, e.g. eval/kl_n1); once a weights and sample count has two
+            or more checkpoints evaluated, DIR/eval/best.json: the best checkpoint for each
+            number of steps, as the paper reports. `eval.checkpoint` picks the checkpoint(s):
+            latest, all (every kept one), or a step;
+  - sample: DIR/samples/step_<step>_<params>_n<num_samples>/n<N>.npy (2-D: float32 [count, 2]) or n<N>.npz and
             n<N>.png (images: an .npz of float32 [count, H, W, C] in [-1, 1] and a PNG grid);
             conditional runs name them n<N>_label_<c|all>_w<w> and save labels_<c|all>.npy.
 Evaluation and sampling use `config.eval.params` (an EMA by default; `online` on request), and
 draw every random number from the run's seed, so the same checkpoint gives the same numbers.
+The config was validated before anything here runs (`validation.py`, `run.py`): nothing here
+raises a config error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -23,30 +28,62 @@ import numpy as np
 from flow_maps import checkpoints, train
 from flow_maps import workdir as workdir_lib
 from flow_maps import data as data_lib
+from flow_maps.evaluation import results as results_lib
 
 EVAL_SALT = 0x5EED  # eval keys derive from the run's seed, apart from training's
 
 
-def load(config, workdir: str, allow_config_change: tuple[str, ...] = ()
-         ) -> tuple[train.Experiment, train.TrainState]:
-  """The experiment and the newest intact checkpoint's state; a clear error if there is none,
-  or if the config's data set or network is not the checkpoint's run's (DIR/config.json)."""
+def _checked(config, workdir: str, allow_config_change: tuple[str, ...]) -> train.Experiment:
+  """The experiment, after checking that the workdir holds a run of this config's data set and
+  network (DIR/config.json); writes nothing into a workdir that is not a run's."""
   exp = train.build_experiment(config)
   workdir_lib.check_allowed_names(allow_config_change, config)
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):  # and write nothing into a workdir that is not a run's
+  if not os.path.isdir(directory):
     raise checkpoints.CheckpointError(
         f"no checkpoint in {directory}: train first (--mode=train, same --workdir)")
   workdir_lib.check_resume(workdir, config, allow_config_change, what="evaluating",
                            fields=workdir_lib.SAME_RUN_FOR_EVAL)
+  return exp
+
+
+def states(config, workdir: str, allow_config_change: tuple[str, ...] = (),
+           which: str = "latest") -> tuple[train.Experiment, Iterator[train.TrainState]]:
+  """The experiment and the states of the checkpoints `which` names (`eval.checkpoint`): the
+  newest intact one ("latest"), every kept one, oldest first ("all"), or the step "<step>".
+  A clear error if there is none, or the step is not kept."""
+  exp = _checked(config, workdir, allow_config_change)
   manager = checkpoints.Checkpoints(workdir, create=False)
-  try:
-    if manager.latest_step() is None:
-      raise checkpoints.CheckpointError(
-          f"no checkpoint in {manager.directory}: train first (--mode=train, same --workdir)")
-    state = manager.restore_latest_intact(train.init_state(exp), move_aside=False)
-  finally:
+  steps = manager.all_steps()
+  if not steps:
     manager.close()
+    raise checkpoints.CheckpointError(
+        f"no checkpoint in {manager.directory}: train first (--mode=train, same --workdir)")
+  if which not in ("latest", "all") and int(which) not in steps:
+    manager.close()
+    raise checkpoints.CheckpointError(
+        f"eval.checkpoint={which}: no checkpoint of step {which} in {manager.directory}; it "
+        f"keeps steps {', '.join(map(str, steps))}")
+
+  def restored():
+    try:
+      if which == "latest":
+        yield manager.restore_latest_intact(train.init_state(exp), move_aside=False)
+      else:
+        for step in (steps if which == "all" else [int(which)]):
+          yield manager.restore(train.init_state(exp), step)
+    finally:
+      manager.close()
+
+  return exp, restored()
+
+
+def load(config, workdir: str, allow_config_change: tuple[str, ...] = ()
+         ) -> tuple[train.Experiment, train.TrainState]:
+  """The experiment and the newest intact checkpoint's state (see `states`)."""
+  exp, found = states(config, workdir, allow_config_change)
+  state = next(found)
+  found.close()
   return exp, state
 
 
@@ -59,18 +96,78 @@ def _write_json(path: str, result: dict) -> None:
 
 
 def evaluate(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> dict:
-  """Evaluates the latest checkpoint and writes DIR/eval/step_<step>.json; returns the result."""
-  exp, state = load(config, workdir, allow_config_change)
-  return evaluate_state(exp, state, workdir)
+  """Evaluates the checkpoint(s) `config.eval.checkpoint` names, oldest first, each into its own
+  files (see the module docstring) and TensorBoard; returns the newest one's result."""
+  exp, found = states(config, workdir, allow_config_change, config.eval.checkpoint)
+  writer = None
+  if jax.process_index() == 0:
+    from flow_maps import summaries
+    writer = summaries.ScalarWriter(workdir)
+  out = []
+  try:
+    for state in found:
+      result = evaluate_state(exp, state, workdir)
+      if writer is not None:
+        _write_summaries(writer, workdir, result)
+      out.append(result)
+  finally:
+    if writer is not None:
+      writer.close()
+  return out[-1]
 
 
-def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str) -> dict:
-  """Evaluates a train state and writes DIR/eval/step_<step>.json; returns the result."""
-  config = exp.config
+def _figure(workdir: str, result: dict) -> dict[str, bytes]:
+  """{"samples": the PNG bytes of the result's figure} (2-D data), else {}."""
+  path = os.path.join(workdir, "eval", result.get("figure") or "")
+  if not result.get("figure") or not os.path.exists(path):
+    return {}
+  with open(path, "rb") as f:
+    return {"samples": f.read()}
+
+
+def _write_summaries(writer, workdir: str, result: dict) -> None:
+  step = result["step"]
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in results_lib.scalars(result).items()})
+  for name, png in _figure(workdir, result).items():
+    writer.write_png(step, f"eval/{name}", png)
+
+
+def make_evaluator(exp: train.Experiment, workdir: str, num_samples: Optional[int] = None
+                   ) -> Callable[[train.TrainState, dict], dict]:
+  """The evaluator `train.train` calls at its evaluation steps: evaluates the state with
+  `num_samples` samples (None: eval.num_samples), records the loop's compute so far (see
+  `train.train`) with the result, and returns the scalars and figure for TensorBoard."""
+
+  def evaluator(state: train.TrainState, compute: dict) -> dict:
+    result = evaluate_state(exp, state, workdir, num_samples=num_samples, compute=compute)
+    return {"scalars": results_lib.scalars(result), "images": _figure(workdir, result)}
+
+  return evaluator
+
+
+def _with_num_samples(config, num_samples: Optional[int]):
+  if num_samples is None or num_samples == config.eval.num_samples:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.eval.num_samples = num_samples
+  return config
+
+
+def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str, *,
+                   num_samples: Optional[int] = None, compute: Optional[dict] = None) -> dict:
+  """Evaluates a train state with `num_samples` samples (None: eval.num_samples) into
+  DIR/eval/step_<step>_<params>_n<num_samples>.json and a line of DIR/eval/metrics.jsonl
+  (with `compute`, the training loop's record of time, steps, examples and FLOPs, if given);
+  returns the result."""
+  config = _with_num_samples(exp.config, num_samples)
   step = int(state.step)
   params = exp.select_params(state, config.eval.params)
-  out = os.path.join(workdir, "eval", f"step_{step}")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
+  eval_dir = os.path.join(workdir, "eval")
+  out = os.path.join(eval_dir, results_lib.stem(step, config.eval.params,
+                                                config.eval.num_samples))
+  os.makedirs(eval_dir, exist_ok=True)
+  png = None  # the 2-D figure
   if exp.conditioning is not None and data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval
     dataset = data_lib.toy_dataset(config)
@@ -88,6 +185,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
       toy2d_eval.plot_guided(figure, out + ".png", domain=dataset.domain,
                              title=f"{config.objective.residual}, step {step}, "
                                    f"{config.eval.params} weights")
+      png = out + ".png"
   elif config.data.name == "mixture_nd":  # d-D: no histogram KL (`mixture_eval.py`)
     from flow_maps.evaluation import mixture_eval
     result = mixture_eval.evaluate_config(exp.model.bind(params), data_lib.toy_dataset(config),
@@ -110,6 +208,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
                               out + ".png", domain=dataset.domain,
                               title=f"{config.objective.residual}, step {step}, "
                                     f"{config.eval.params} weights")
+      png = out + ".png"
   elif exp.conditioning is not None:
     from flow_maps.evaluation import image_eval
     result = image_eval.evaluate_guided(lambda c: exp.model.bind(params, condition=c), exp,
@@ -121,56 +220,35 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str)
     result = image_eval.evaluate(v, exp, config, key=_eval_key(config), workdir=workdir)
     table = image_eval.format_table(result)
   result = {"step": step, "params": config.eval.params, "objective": config.objective.residual,
-            **result}
+             **result}
+  if compute is not None:
+    result["compute"] = compute
+  if png is not None:
+    result["figure"] = os.path.basename(png)  # beside the JSON
   if jax.process_index() == 0:
     _write_json(out + ".json", result)
-    print(f"evaluation of step {step} ({config.eval.params} weights) -> {out}.json")
+    line = {"step": step, "params": config.eval.params, "num_samples": config.eval.num_samples,
+            "compute": compute, **results_lib.scalars(result)}
+    with open(os.path.join(eval_dir, results_lib.METRICS_FILE), "a") as f:
+      f.write(json.dumps(line) + "\n")
+    print(f"evaluation of step {step} ({config.eval.params} weights, "
+          f"{config.eval.num_samples} samples) -> {out}.json")
     print(table, flush=True)
-    best = best_per_step_count(os.path.dirname(out), config.eval.params)
-    if best["checkpoints"] > 1:
-      _write_json(os.path.join(os.path.dirname(out), "best.json"), best)
-      print(format_best(best), flush=True)
+    best = results_lib.best(results_lib.scan(eval_dir))
+    if any(g["checkpoints"] > 1 for g in best["groups"]):
+      _write_json(os.path.join(eval_dir, results_lib.BEST_FILE), best)
+      print(results_lib.format_best(best), flush=True)
   return result
 
 
-def best_per_step_count(eval_dir: str, params: str) -> dict:
-  """The published protocol (`docs/method.md` §6): for each number of steps N, the lowest score
-  ("fid" for images, "kl" for 2-D, "flow_map_error" for the d-D mixture) over every checkpoint
-  evaluated with `params` in `eval_dir`.
-
-  Returns {"metric", "params", "checkpoints": count, "best": {N: {"value", "step"}}}.
-  """
-  results = []
-  for name in sorted(os.listdir(eval_dir)):
-    if name.startswith("step_") and name.endswith(".json"):
-      with open(os.path.join(eval_dir, name)) as f:
-        result = json.load(f)
-      if result.get("params") == params:
-        results.append(result)
-  metric = "fid" if any("fid" in r for r in results) else \
-      "kl" if any("kl" in r for r in results) else "flow_map_error"  # d-D mixture: no KL
-  best = {}
-  for result in results:
-    for n, value in result.get(metric, {}).items():
-      if n not in best or value < best[n]["value"]:
-        best[n] = {"value": value, "step": result["step"]}
-  best = dict(sorted(best.items(), key=lambda item: int(item[0])))
-  return {"metric": metric, "params": params, "checkpoints": len(results), "best": best}
-
-
-def format_best(best: dict) -> str:
-  lines = [f"best checkpoint per N over {best['checkpoints']} evaluated ({best['params']} "
-           f"weights; the published protocol, docs/method.md §6):"]
-  lines += [f"{n:>4}  {b['value']:>10.4g}  (step {b['step']})" for n, b in best["best"].items()]
-  return "\n".join(lines)
-
-
 def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> str:
-  """Writes DIR/samples/step_<step>/ for every step count in config.sample.steps."""
+  """Writes DIR/samples/step_<step>_<params>_n<num_samples>/ (`sample.num_samples`) for every
+  step count in config.sample.steps."""
   exp, state = load(config, workdir, allow_config_change)
   step = int(state.step)
   params = exp.select_params(state, config.eval.params)
-  out = os.path.join(workdir, "samples", f"step_{step}")
+  out = os.path.join(workdir, "samples", results_lib.stem(step, config.eval.params,
+                                                         config.sample.num_samples))
   os.makedirs(out, exist_ok=True)
   if exp.conditioning is not None and data_lib.is_toy(config):
     from flow_maps.evaluation import toy2d_eval

@@ -14,6 +14,8 @@ from typing import Any, Callable, NamedTuple, Optional
 import flax.linen as nn
 import ml_collections
 
+from flow_maps.networks.condition import check_condition  # noqa: F401  (the package's API)
+
 NETWORKS = ("mlp", "unet")
 
 
@@ -25,17 +27,6 @@ class Network(NamedTuple):
   # Draws the initial parameters on the host from a seed, where compiling the module's own
   # initialiser would be slow (the UNet on CPU); None: `FlowMapModel.init`.
   host_init: Optional[Callable[[int], Any]] = None
-
-
-def check_condition(module: nn.Module, label: Any, guidance: Any) -> None:
-  """A conditional module takes a label exactly when it has classes, and a guidance scale
-  exactly when it learns guidance (`flow_map.Condition`)."""
-  if (label is not None) != bool(module.num_classes):
-    raise ValueError(f"this network takes a label exactly when conditional (num_classes="
-                     f"{module.num_classes}); got label={'none' if label is None else 'one'}")
-  if (guidance is not None) != module.learn_guidance:
-    raise ValueError(f"this network takes a guidance scale exactly when it learns guidance "
-                     f"(learn_guidance={module.learn_guidance})")
 
 
 def build_network(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Network:

@@ -60,7 +60,7 @@ class MLP(nn.Module):
                label: Optional[jax.Array] = None,
                guidance: Optional[jax.Array] = None) -> jax.Array:
     del train  # no dropout in the 2-D network
-    from flow_maps.networks import check_condition
+    from flow_maps.networks.condition import check_condition
     check_condition(self, label, guidance)
     flat = x.reshape((x.shape[0], -1))
     h = jnp.concatenate([s[:, None], t[:, None], flat / self.sigma0], axis=-1)

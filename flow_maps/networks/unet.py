@@ -417,7 +417,7 @@ class UNet(nn.Module):
     if x.shape[1:] != (self.img_resolution, self.img_resolution, self.img_channels):
       raise ValueError(f"UNet built for {self.img_resolution}x{self.img_resolution}x"
                        f"{self.img_channels} images, got x of shape {x.shape}")
-    from flow_maps.networks import check_condition
+    from flow_maps.networks.condition import check_condition
     check_condition(self, label, guidance)
     s = s.astype(jnp.float32)
     t = t.astype(jnp.float32)

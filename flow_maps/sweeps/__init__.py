@@ -14,8 +14,8 @@ NaN or a preemption of one member never takes the others down). Its output goes 
 restartable: running a member again resumes it from its last checkpoint (training resumes by
 itself), and a member already done with the same command is skipped.
 
-`aggregate` reads every member's resolved `config.json` and its latest `eval/step_<step>.json`
-into one row per member (`results.csv`, `results.md`), and lists the members that are missing,
+`aggregate` reads every member's resolved `config.json` and its latest evaluation
+(`eval/step_<step>_<params>_n<num_samples>.json`) into one row per member (`results.csv`, `results.md`), and lists the members that are missing,
 running or failed instead of failing.
 
 The three jobs are one module each: `define` (members and the sweep), `runner` (one member in a

@@ -1,6 +1,8 @@
 """Aggregating a sweep (`flow_maps.sweeps`): every member's state, resolved `config.json` and
-latest evaluation into one row, written as `results.csv` and `results.md` (with a mean ± std over
-seeds); a member missing, running or failed is listed, never an error."""
+latest evaluation (`eval/step_<step>_<params>_n<num_samples>.json` of the largest step, of those
+the largest sample count; `evaluation/results.py`) into one row, written as `results.csv` and
+`results.md` (with a mean ± std over seeds); a member missing, running or failed is listed, never
+an error."""
 
 from __future__ import annotations
 
@@ -32,19 +34,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[s
 
 
 def latest_eval(workdir: str) -> Optional[dict]:
-  """The `eval/step_<step>.json` of the largest step, or None."""
-  directory = os.path.join(workdir, "eval")
-  steps = []
-  if os.path.isdir(directory):
-    for f in os.listdir(directory):
-      m = re.fullmatch(r"step_(\d+)\.json", f)
-      if m:
-        steps.append(int(m.group(1)))
-  for step in sorted(steps, reverse=True):
-    result = read_json(os.path.join(directory, f"step_{step}.json"))
-    if result is not None:
-      return result
-  return None
+  """The evaluation of the largest step (of those, the largest sample count), or None."""
+  from flow_maps.evaluation import results  # plain Python: no JAX import here
+  return results.latest(os.path.join(workdir, "eval"))
 
 
 def _natural_key(name: str):
@@ -99,6 +91,7 @@ def collect(sweep: Sweep, root: str) -> Results:
       result = dict(result)
       row["eval_step"] = result.pop("step", None)
       row["eval_params"] = result.pop("params", None)
+      result.pop("figure", None)
       row.update(flatten(result, sep="/"))
     elif problem is None and sweep.mode in ("eval", "train_and_eval"):
       problem = f"member {member.index} ({member.name}): done but no eval/step_*.json in {workdir}"
