@@ -146,10 +146,13 @@ def test_evaluate_the_exact_map_is_exact():
   m = mixture_nd.MixtureND(dim=6, num_components=3, separation=2.0, component_std=0.3)
   ip = interpolants.linear(1.0)
   flow = references.reference_flow(m, ip)
+  lipschitz = dict(lipschitz_times=6, lipschitz_samples=16, lipschitz_iterations=10)
+  # The model's Lipschitz estimate differentiates v_{t,t} by jvp, which diffrax's solve (a
+  # custom_vjp) does not admit: the reference flow is scored without it, and the model estimate
+  # is checked below on a field whose diagonal is the exact velocity.
   result = mixture_eval.evaluate(flow.v, m, ip, key=jax.random.key(0), steps=(1, 2),
                                  ode_steps=(2,), num_samples=200, batch_size=200,
-                                 lipschitz_times=6, lipschitz_samples=16,
-                                 lipschitz_iterations=10)
+                                 lipschitz_model=False, **lipschitz)
   assert set(result["flow_map_error"]) == {"1", "2"}
   assert max(result["flow_map_error"].values()) < 1e-8
   assert result["ode_flow_map_error"]["2"] > 1e-3  # two Euler steps are not the map
@@ -157,9 +160,15 @@ def test_evaluate_the_exact_map_is_exact():
     assert abs(result["w2"][n] - result["w2_reference"]) < 1e-3
   assert 0 < result["w2_floor"] < 1.5
   lip = result["lipschitz"]
-  assert lip["model"] == pytest.approx(lip["exact"], rel=1e-4)
+  assert "model" not in lip
   assert 1.0 <= lip["exact"] <= lip["sup_on_grid"] * (1 + 1e-5) <= lip["sup"] * (1 + 1e-5)
-  assert "w2" in mixture_eval.format_table(result)
+  assert "W2" in mixture_eval.format_table(result)
+  b = references.exact_velocity(m, ip)
+  diagonal = mixture_eval.evaluate(lambda s, t, x: b(t, x), m, ip, key=jax.random.key(0),
+                                   steps=(1,), ode_steps=(), num_samples=200, batch_size=200,
+                                   **lipschitz)["lipschitz"]
+  assert diagonal["exact"] == lip["exact"]
+  assert diagonal["model"] == pytest.approx(lip["exact"], rel=1e-4)
 
 
 def _config(**data):
