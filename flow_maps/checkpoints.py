@@ -91,7 +91,8 @@ def _sha256_file(path: epath.Path) -> str:
 
 def _files_of(step_dir: epath.Path) -> list[str]:
   step_dir = epath.Path(step_dir)
-  files = [os.fspath(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file()]
+  files = [os.fspath((root / name).relative_to(step_dir))
+           for root, _, names in step_dir.walk() for name in names]
   return sorted(rel for rel in files if rel != FILES_DIGEST)
 
 
