@@ -14,20 +14,25 @@ Every checkpoint is known good or reported:
     the newest intact one (moving the bad ones to `DIR/corrupt_checkpoints/`);
   - a save that fails raises `CheckpointSaveError` at once: saves are waited for, so a run never
     trains past a save that did not commit.
+
+Paths go through `etils.epath` (Orbax's own path type), so a `gs://` workdir is kept as it is
+(`os.path.abspath` would turn it into `$PWD/gs:/...`) and its files are read and written through
+epath's backends. Only local workdirs are tested here (no bucket is reachable from the tests).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import shutil
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 DIGEST_FORMAT = 1
 FILES_DIGEST = "files.sha256"
@@ -69,22 +74,26 @@ def array_digest(tree: Any) -> dict[str, dict[str, Any]]:
           for path, x in _host_leaves(tree)}
 
 
-def _sha256_file(path: str) -> str:
+def workdir_path(workdir: Union[str, os.PathLike]) -> epath.Path:
+  """The workdir as an epath: a URL (`gs://bucket/run`) as it is, a local path made absolute
+  (Orbax needs absolute paths)."""
+  text = os.fspath(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def _sha256_file(path: epath.Path) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       h.update(block)
   return h.hexdigest()
 
 
-def _files_of(step_dir: str) -> list[str]:
-  files = []
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      rel = os.path.relpath(os.path.join(root, name), step_dir)
-      if rel != FILES_DIGEST:
-        files.append(rel)
-  return sorted(files)
+def _files_of(step_dir: epath.Path) -> list[str]:
+  step_dir = epath.Path(step_dir)
+  files = [os.fspath((root / name).relative_to(step_dir))
+           for root, _, names in step_dir.walk() for name in names]
+  return sorted(rel for rel in files if rel != FILES_DIGEST)
 
 
 class CheckpointGoneError(CorruptCheckpointError):
@@ -96,8 +105,8 @@ class Checkpoints:
   """A thin wrapper over `orbax.checkpoint.CheckpointManager` that verifies what it keeps."""
 
   def __init__(self, workdir: str, keep: int = 3, create: bool = True):
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.workdir = workdir_path(workdir)
+    self.directory = self.workdir / "checkpoints"
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
@@ -109,8 +118,8 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+  def step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
 
   # ------------------------------------------------------------------------- saving
 
@@ -130,7 +139,7 @@ class Checkpoints:
     except Exception as e:  # orbax and tensorstore raise many types: name the step and cause
       # The rename is the commit: past it, only rotation or files.sha256 can have failed.
       state = (f"step {step} itself was committed (a restore verifies its arrays)"
-               if os.path.isdir(self.step_dir(step)) else
+               if self.step_dir(step).is_dir() else
                "the last committed checkpoint is untouched")
       raise CheckpointSaveError(
           f"cannot save the checkpoint at step {step} in {self.directory}: "
@@ -143,15 +152,18 @@ class Checkpoints:
   def _write_files_digest(self, step: int) -> None:
     """The sha256 of every committed file, read back from disk (what a restore will read)."""
     step_dir = self.step_dir(step)
-    digest = {rel: {"sha256": _sha256_file(os.path.join(step_dir, rel)),
-                    "bytes": os.path.getsize(os.path.join(step_dir, rel))}
+    digest = {rel: {"sha256": _sha256_file(step_dir / rel),
+                    "bytes": (step_dir / rel).stat().length}
               for rel in _files_of(step_dir)}
-    tmp = os.path.join(step_dir, FILES_DIGEST + ".tmp")
-    with open(tmp, "w") as f:
+    tmp = step_dir / (FILES_DIGEST + ".tmp")
+    with tmp.open("w") as f:
       json.dump(digest, f, indent=0, sort_keys=True)
       f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, FILES_DIGEST))
+      try:
+        os.fsync(f.fileno())
+      except (AttributeError, io.UnsupportedOperation):
+        pass  # an object store's file: its close is the commit
+    tmp.replace(step_dir / FILES_DIGEST)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -160,12 +172,11 @@ class Checkpoints:
 
   def stored_metadata(self, step: int) -> Optional[dict]:
     """The custom metadata saved with `step` (digest and extras); None if it has none."""
-    path = os.path.join(self.step_dir(step), ORBAX_METADATA)
-    if not os.path.exists(path):
+    path = self.step_dir(step) / ORBAX_METADATA
+    if not path.exists():
       return None
     try:
-      with open(path) as f:
-        return json.load(f).get("custom_metadata") or None
+      return json.loads(path.read_text()).get("custom_metadata") or None
     except (OSError, ValueError) as e:
       raise CorruptCheckpointError(f"step {step}: {ORBAX_METADATA} is unreadable: {e}") from None
 
@@ -182,19 +193,18 @@ class Checkpoints:
   def check_files(self, step: int) -> None:
     """Raises CorruptCheckpointError naming the first missing, truncated or altered file."""
     step_dir = self.step_dir(step)
-    path = os.path.join(step_dir, FILES_DIGEST)
-    if not os.path.exists(path):
+    path = step_dir / FILES_DIGEST
+    if not path.exists():
       return  # a kill between the commit and this file: the array digest still checks it
     try:
-      with open(path) as f:
-        expected = json.load(f)
+      expected = json.loads(path.read_text())
     except (OSError, ValueError):
       return  # written atomically, so unreadable means damaged: the array digest decides
     for rel, want in sorted(expected.items()):
-      full = os.path.join(step_dir, rel)
-      if not os.path.exists(full):
+      full = step_dir / rel
+      if not full.exists():
         raise CorruptCheckpointError(f"step {step}: file {rel} is missing")
-      size = os.path.getsize(full)
+      size = full.stat().length
       if size != want["bytes"]:
         raise CorruptCheckpointError(
             f"step {step}: file {rel} has {size} bytes, {want['bytes']} were written")
@@ -208,12 +218,12 @@ class Checkpoints:
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    if not os.path.isdir(self.step_dir(step)):
+    if not self.step_dir(step).is_dir():
       raise CheckpointGoneError(f"step {step}: {self.step_dir(step)} is gone")
     try:
       return self._restore_present(target, step, verify, require_digest)
     except (CheckpointError, OSError):
-      if not os.path.isdir(self.step_dir(step)):  # deleted under the read, not damaged
+      if not self.step_dir(step).is_dir():  # deleted under the read, not damaged
         raise CheckpointGoneError(f"step {step}: {self.step_dir(step)} was deleted while it "
                                   "was read") from None
       raise
@@ -292,14 +302,14 @@ class Checkpoints:
       multihost_utils.sync_global_devices("flow_maps: checkpoints read")
     where = ""
     if bad and move_aside and jax.process_index() == 0:
-      aside = os.path.join(self.workdir, "corrupt_checkpoints")
-      os.makedirs(aside, exist_ok=True)
+      aside = self.workdir / "corrupt_checkpoints"
+      aside.mkdir(parents=True, exist_ok=True)
       for s, _ in bad:
-        dest = os.path.join(aside, str(s))
+        dest = aside / str(s)
         n = 1
-        while os.path.exists(dest):
-          dest, n = os.path.join(aside, f"{s}.{n}"), n + 1
-        shutil.move(self.step_dir(s), dest)
+        while dest.exists():
+          dest, n = aside / f"{s}.{n}", n + 1
+        self.step_dir(s).rename(dest)
       where = f"; moved {'them' if len(bad) > 1 else 'it'} to {aside}"
     if several:
       multihost_utils.sync_global_devices("flow_maps: corrupt checkpoints moved aside")

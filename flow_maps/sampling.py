@@ -33,6 +33,17 @@ def noise(key: Array, num_samples: int, shape: tuple[int, ...], sigma0: float) -
   return sigma0 * jax.random.normal(key, (num_samples, *shape))
 
 
+def row_keys(key: Array, index: Array) -> Array:
+  """One key per sample from its global index [B] (raw keys [B, 2]): a sample's random numbers
+  are then the same whatever batch, device or process draws it."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+
+def row_noise(keys: Array, shape: tuple[int, ...], sigma0: float) -> Array:
+  """x0 ~ N(0, sigma0^2 I), [B, *shape], row b drawn from keys[b] alone."""
+  return sigma0 * jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+
+
 def sample_flow_map_on_grid(v: fm.VelocityField, x0: Array, grid: Array) -> Array:
   """x_{k+1} = X_{t_k, t_{k+1}}(x_k) along any increasing grid from t_0 to t_N."""
   return fm.sample(v, x0, jnp.asarray(grid, x0.dtype))
@@ -78,7 +89,8 @@ def sample_consistency(v: fm.VelocityField, x0: Array, steps: int, interpolant,
                        key: Array) -> Array:
   """Consistency models' multistep sampler for a single-time map X_{s,1}: on the grid
   t_k = k / N, x1 = X_{t_k,1}(x), then fresh noise back to t_{k+1}: x = I_{t_{k+1}}(z, x1) with
-  z ~ N(0, sigma0^2 I). One step is X_{0,1}(x0)."""
+  z ~ N(0, sigma0^2 I). One step is X_{0,1}(x0). `key`: one raw key [2], or one per row [B, 2]
+  (`row_keys`), each row's re-noising then its own key's alone."""
   batch, dtype = x0.shape[0], x0.dtype
   grid = uniform_grid(steps, dtype)
   one = jnp.ones((batch,), dtype)
@@ -86,7 +98,11 @@ def sample_consistency(v: fm.VelocityField, x0: Array, steps: int, interpolant,
   def step(x, inputs):
     t, k = inputs
     x1 = fm.flow_map(v, jnp.full((batch,), t, dtype), one, x)
-    z = interpolant.sigma0 * jax.random.normal(jax.random.fold_in(key, k), x.shape, dtype)
+    if key.ndim == 2:
+      z = row_noise(jax.vmap(lambda r: jax.random.fold_in(r, k))(key), x.shape[1:],
+                    interpolant.sigma0).astype(dtype)
+    else:
+      z = interpolant.sigma0 * jax.random.normal(jax.random.fold_in(key, k), x.shape, dtype)
     t_next = jnp.full((batch,), grid[k + 1], dtype)
     return jnp.where(k + 1 < steps, interpolant.interpolate(t_next, z, x1), x1), None
 

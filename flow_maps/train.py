@@ -84,7 +84,12 @@ class Experiment:
 
 
 def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), ("data",))
+  """One `data` axis over every device of every process, in the order `jax.make_mesh` picks
+  for the platform's interconnect (a ring on TPU; `jax.devices()`' order on CPU, checked in
+  `tests/test_eval_parallel.py`, one process and two). Axis type Auto: XLA propagates the shardings, as the step expects
+  (`jax.make_mesh` would make the axis Explicit)."""
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
@@ -275,10 +280,21 @@ class _StopRequest:
   `cli.Stopped`: nothing has been trained that a checkpoint would miss. From then on it sets a
   flag the loop checks after every step (it saves and stops) and that the final save and close
   wait under; `interruptible` runs a long side task (an evaluation) that a signal cuts short,
-  so that the loop can save and stop at once."""
+  so that the loop can save and stop at once.
+
+  Several processes must agree: a preemption often reaches one host only, and a process that
+  stopped alone would leave the others waiting in a collective (the next step's all-reduce or
+  the checkpoint's save). So with several processes the flag is acted on only where `agree`
+  runs, at the loop's sync points (the same steps on every process): the largest signal number
+  of any process, all-gathered, becomes every process's `agreed` (one process alone: its own
+  flag at that moment), and the loop saves and stops on `agreed` only. A signal then does not cut an
+  evaluation short either (its collectives would wait for the process that left). (Orbax and
+  jax's own preemption sync, `multihost_utils.reached_preemption_sync_point`, hear SIGTERM
+  through a C++ handler that this Python handler replaces, and not SIGINT.)"""
 
   def __init__(self):
-    self.signum = None
+    self.signum = None  # set by the handler, at any time
+    self.agreed = None  # set by `agree` only: what the loop acts on
     self._raise = True
     self._previous = {}
 
@@ -296,10 +312,29 @@ class _StopRequest:
   def flag_only(self) -> None:
     self._raise = False
 
+  def early(self) -> Optional[int]:
+    """The signal to stop on before the next sync point: this process's, if it runs alone."""
+    return self.signum if jax.process_count() == 1 else None
+
+  def agree(self, step: int) -> Optional[int]:
+    """The stop every process acts on (a collective with several processes: call it at the same
+    step on each); None to go on."""
+    signum = self.signum  # read once: the handler may set it meanwhile
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      signums = np.asarray(multihost_utils.process_allgather(np.int32(signum or 0)))
+      signum = int(signums.max()) or None
+      if signum:
+        print(f"process {jax.process_index()}: stopping at step {step}, signal {signum} reached "
+              f"process(es) {np.flatnonzero(signums).tolist()}", flush=True)
+        self.signum = signum
+    self.agreed = signum
+    return signum
+
   def interruptible(self, fn: Callable[[], Any]) -> None:
-    if self.signum:
+    if self.early() or self.agreed:
       return
-    self._raise = True
+    self._raise = jax.process_count() == 1
     try:
       fn()
     except cli.Stopped as e:
@@ -449,12 +484,20 @@ def _format_duration(seconds: float) -> str:
 
 def write_run_files(exp: Experiment, workdir: str, state: TrainState,
                     pretrained: Optional[pretrained_lib.Pretrained] = None) -> None:
-  """The resolved config and what was derived from it, written at start."""
+  """The resolved config and what was derived from it, written at start (through epath: a
+  gs:// workdir gets them too, each in one write, without the local atomic rename)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  workdir_lib.atomic_write(os.path.join(workdir, workdir_lib.CONFIG_FILE),
-                           exp.config.to_json_best_effort(indent=2, sort_keys=True))
+  directory = ckpt_lib.workdir_path(workdir)
+  directory.mkdir(parents=True, exist_ok=True)
+
+  def write(name: str, text: str) -> None:
+    if "://" in os.fspath(directory):
+      (directory / name).write_text(text)
+    else:
+      workdir_lib.atomic_write(os.fspath(directory / name), text)
+
+  write(workdir_lib.CONFIG_FILE, exp.config.to_json_best_effort(indent=2, sort_keys=True))
   layout = exp.objective.layout
   n_diag, n_off = layout.counts(exp.config.train.batch_size)
   info = {
@@ -471,11 +514,10 @@ def write_run_files(exp: Experiment, workdir: str, state: TrainState,
   }
   if pretrained is not None:
     info["pretrained"] = pretrained.info
-  workdir_lib.atomic_write(os.path.join(workdir, "run_info.json"), json.dumps(info, indent=2))
+  write("run_info.json", json.dumps(info, indent=2))
   from clu import parameter_overview  # a table of every parameter: name, shape, dtype, size
-  workdir_lib.atomic_write(os.path.join(workdir, "parameters.txt"),
-                           parameter_overview.get_parameter_overview(
-                               jax.device_get(state.params), include_stats=False) + "\n")
+  write("parameters.txt", parameter_overview.get_parameter_overview(
+      jax.device_get(state.params), include_stats=False) + "\n")
 
 
 def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainState:
@@ -621,7 +663,7 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
     pending.append((step, metrics))
     boundary = (step % tc.log_every == 0 or step % tc.checkpoint_every == 0
                 or step in evaluate_at)
-    if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.signum:
+    if len(pending) < sync_every and not boundary and step < tc.num_steps and not stop.early():
       continue
     try:
       for k, m in jax.device_get(pending):
@@ -634,6 +676,7 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
     window_seconds += clock.stop()  # everything after this line until clock.start() is not training
     window_steps += len(pending)
     pending = []
+    stop.agree(step)
     if step % tc.log_every == 0 or step == tc.num_steps:
       scalars = {name: float(np.mean(v)) for name, v in window.items()}
       scalars["steps_per_sec"] = window_steps / max(window_seconds, 1e-9)
@@ -645,19 +688,19 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
               f"{scalars['steps_per_sec']:.1f} steps/s  ETA {clock.eta(step, tc.num_steps)}",
               flush=True)
       window, window_seconds, window_steps = {}, 0.0, 0
-    saved = step % tc.checkpoint_every == 0 or step == tc.num_steps or bool(stop.signum)
+    saved = step % tc.checkpoint_every == 0 or step == tc.num_steps or bool(stop.agreed)
     if saved:
       manager.save(step, state, extra=checkpoint_extra())
     if step in evaluate_at:
       record = compute_record(step, clock, tc.batch_size, step_fn.flops)
       stop.interruptible(lambda: [log.write_eval(step, evaluate(state, record))
                                   for evaluate in evaluators])
-      if stop.signum and not saved:  # the signal came during the evaluation
+      if stop.agree(step) and not saved:  # the signal came during the evaluation
         manager.save(step, state, extra=checkpoint_extra())
-    if stop.signum:
-      stopped_by = stop.signum
+    if stop.agreed:
+      stopped_by = stop.agreed
       if jax.process_index() == 0:
-        print(f"received signal {stop.signum}: saved a checkpoint at step {step}, stopping",
+        print(f"received signal {stop.agreed}: saved a checkpoint at step {step}, stopping",
               flush=True)
       break
     clock.start()

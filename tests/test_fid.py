@@ -99,6 +99,23 @@ def test_feature_stats_streaming_equals_one_shot():
   assert stats.count == 103 and stats.sigma.shape == (7, 7)
 
 
+def test_feature_stats_merged_from_parts_equal_one_shot():
+  """How the processes' statistics are combined (`FeatureStats.merge`): uneven parts, each
+  with its own shift, one of them empty, a large common offset."""
+  rng = np.random.default_rng(8)
+  feats = 1e4 + rng.normal(size=(61, 5)) @ rng.normal(size=(5, 5))
+  total = fid.FeatureStats()
+  for part in np.split(feats, [7, 7, 40]):
+    acc = fid.FeatureStats()
+    for chunk in np.array_split(part, 2):
+      acc.update(chunk)
+    total.merge(acc)
+  assert total.count == 61
+  np.testing.assert_allclose(total.mean, feats.mean(0), rtol=1e-14)
+  np.testing.assert_allclose(total.cov, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-10)
+  assert total.across_processes() is total  # one process: nothing to merge
+
+
 def test_stats_save_load_round_trip(tmp_path):
   rng = np.random.default_rng(5)
   stats = fid.FIDStats(rng.normal(size=4), _random_cov(rng, 4), 17)

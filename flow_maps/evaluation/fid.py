@@ -306,6 +306,10 @@ def feature_fn(variables: Optional[dict] = None, quantize: bool = True,
   net = jax.jit(functools.partial(model.apply, method=InceptionV3.pool3))
 
   def features(images):
+    if isinstance(images, jax.Array) and len(images.sharding.device_set) > 1:
+      # A batch sharded over devices (`image_eval`) goes through whole, where it is: the caller
+      # keeps its rows per device within `chunk`.
+      return net(variables, prep(images))
     images = jnp.asarray(images)
     parts = [net(variables, prep(images[i:i + chunk])) for i in range(0, images.shape[0], chunk)]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
@@ -373,6 +377,45 @@ class FeatureStats:
 
   def result(self) -> FIDStats:
     return FIDStats(self.mean, self.cov, self.count)
+
+  def merge(self, other: "FeatureStats") -> None:
+    """Adds the features `other` accumulated (Chan et al.'s pairwise update: the two sets'
+    centred sums of outer products plus the spread of their means, so no large cancellation)."""
+    if other.count == 0:
+      return
+    if self.count == 0:
+      self.count, self._shift = other.count, other._shift
+      self._sum, self._outer = other._sum.copy(), other._outer.copy()
+      return
+    na, nb = self.count, other.count
+    ma, mb = self.mean, other.mean
+    centred = lambda s: s._outer - np.outer(s._sum, s._sum) / s.count  # sum (f - mean)(f - mean)^T
+    delta = mb - ma
+    self._outer = centred(self) + centred(other) + np.outer(delta, delta) * (na * nb / (na + nb))
+    self.count, self._shift = na + nb, ma + delta * (nb / (na + nb))
+    self._sum = np.zeros_like(self._shift)
+
+  def across_processes(self) -> "FeatureStats":
+    """The statistics of every process's features (a collective: every process calls it), the
+    same on every process. The float64 sums travel as their bytes (as uint32 pairs, since
+    JAX computes in float32 here) and are merged on the host in process order."""
+    if jax.process_count() == 1:
+      return self
+    from jax.experimental import multihost_utils
+    dim = self._shift.shape[0] if self.count else 0
+    dim = int(np.max(multihost_utils.process_allgather(np.int32(dim))))
+    packed = np.zeros(2 + 2 * dim + dim * dim, np.float64)
+    if self.count:
+      packed[:] = np.concatenate([[self.count, 0], self._shift, self._sum, self._outer.ravel()])
+    gathered = np.asarray(multihost_utils.process_allgather(packed.view(np.uint32)))
+    total = FeatureStats()
+    for row in gathered.reshape(jax.process_count(), -1).astype(np.uint32).view(np.float64):
+      part = FeatureStats()
+      part.count = int(row[0])
+      part._shift, part._sum = row[2:2 + dim], row[2 + dim:2 + 2 * dim]
+      part._outer = row[2 + 2 * dim:].reshape(dim, dim)
+      total.merge(part)
+    return total
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:

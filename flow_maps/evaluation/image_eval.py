@@ -16,13 +16,21 @@ guidance is learned (one call per step), else at w = 1 only, and the guided ODE'
 b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls per step) at every w. Samples
 (`--mode=sample`) are of `config.sample.label` (-1: every class in turn, one grid row per class)
 at each w of `config.sample.guidance`.
+
+Everything runs data-parallel over the mesh's `data` axis, on every device of every process
+(`generate`, `sample_fid`): sample i's noise and label are drawn from its global index i, its
+Inception features are computed on the device that generated it, and each process's float64
+feature statistics are merged across processes, so every process ends with the same FID, and the
+FID does not depend on the number of devices or processes (to float round-off). A sample count
+that does not divide into the devices is padded: the padding rows are generated and dropped.
+The reference statistics are computed unsharded, by every process (once per workdir).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
@@ -35,40 +43,100 @@ from flow_maps import sampling
 from flow_maps import validation
 
 
+def rows_per_call(exp, batch_size: int) -> int:
+  """Samples per sampler call: `batch_size` spread over the mesh's devices (at most
+  `fid.FEATURE_CHUNK` per device, what the Inception network takes at once), rounded up to a
+  multiple of the device count; the padding rows are generated and dropped (`local_rows`)."""
+  from flow_maps.evaluation import fid
+  devices = exp.mesh.size
+  return devices * min(-(-batch_size // devices), fid.FEATURE_CHUNK)
+
+
 def generate(v, exp, *, steps: int, num_samples: int, batch_size: int, key: jax.Array,
              ode: bool = False, labels: Optional[np.ndarray] = None,
-             guidance: float = 1.0) -> Iterator[np.ndarray]:
-  """Batches of N-step samples in [-1, 1], float32 [b, H, W, C]; the same noise for every N.
+             guidance: float = 1.0) -> Iterator[tuple[int, jax.Array]]:
+  """(start, samples) pairs: the N-step samples of global indices start, start + 1, ... as one
+  array [rows_per_call, H, W, C] in [-1, 1], split over the mesh's `data` axis (every device of
+  every process generates its rows); rows at or past `num_samples` are padding.
 
-  ode=False: the N-step sampler of `eval.sampler` (the flow map, or consistency sampling with
-  its re-noising drawn from the batch's key); True: N Heun steps on the model's velocity v_{t,t}.
-  Conditional: `labels` [num_samples] int and `v` a function (labels [b], w [b]) -> velocity
-  field (`sampling.guided_fields`), evaluated at w = `guidance` (an argument of the compiled sampler, so
-  every w shares one compilation); the noise is the unconditional one.
+  Sample i's noise (and its re-noising) is drawn from fold_in(key, i) alone (`sampling.row_keys`),
+  and its label is labels[i], so the samples do not depend on the batch size or on the number of
+  devices or processes; the same noise serves every N.
+  ode=False: the N-step sampler of `eval.sampler` (the flow map, or consistency sampling);
+  True: N Heun steps on the model's velocity v_{t,t}.
+  Conditional: `labels` [num_samples] int (the same on every process) and `v` a function
+  (labels [b], w [b]) -> velocity field (`sampling.guided_fields`), evaluated at w = `guidance`
+  (an argument of the compiled sampler, so every w shares one compilation).
   """
   if ode:
-    sampler = lambda v, x0, steps, key: sampling.sample_heun(v, x0, steps)
+    sampler = lambda v, x0, steps, keys: sampling.sample_heun(v, x0, steps)
   else:
     sampler = sampling.map_sampler(exp.config.eval.sampler, exp.interpolant)
-  if labels is None:
-    sample = jax.jit(lambda x0, k: jnp.clip(sampler(v, x0, steps, k), -1.0, 1.0))
-  else:
-    sample_labelled = jax.jit(
-        lambda x0, k, c, w: jnp.clip(sampler(v(c, w), x0, steps, k), -1.0, 1.0))
-  for start in range(0, num_samples, batch_size):
-    n = min(batch_size, num_samples - start)
-    batch_key = jax.random.fold_in(key, start)
-    x0 = sampling.noise(batch_key, n, exp.data_shape, exp.interpolant.sigma0)
-    if labels is None:
-      yield np.asarray(sample(x0, jax.random.fold_in(batch_key, 1)))
-    else:
-      yield np.asarray(sample_labelled(x0, jax.random.fold_in(batch_key, 1),
-                                       jnp.asarray(labels[start:start + n], jnp.int32),
-                                       jnp.full((n,), guidance, jnp.float32)))
+  rows = rows_per_call(exp, batch_size)
+  sharding = exp.batch_sharding
+
+  def sample(start, c, w):
+    index = jax.lax.with_sharding_constraint(start + jnp.arange(rows), sharding)
+    keys = sampling.row_keys(key, index)
+    x0 = sampling.row_noise(keys, exp.data_shape, exp.interpolant.sigma0)
+    field = v if c is None else v(c, jnp.full((rows,), w, jnp.float32))
+    renoise = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    return jnp.clip(sampler(field, x0, steps, renoise), -1.0, 1.0)
+
+  jitted = jax.jit(sample, out_shardings=sharding)
+  if labels is not None:
+    padded = np.zeros(-(-num_samples // rows) * rows, np.int32)
+    padded[:num_samples] = labels
+  for start in range(0, num_samples, rows):
+    c = None
+    if labels is not None:
+      part = padded[start:start + rows]
+      c = jax.make_array_from_callback((rows,), sharding, lambda index: part[index])
+    yield start, jitted(np.int32(start), c, np.float32(guidance))
 
 
-def _rgb(images: np.ndarray) -> np.ndarray:
-  return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+def local_rows(x: jax.Array, start: int, num_samples: int) -> np.ndarray:
+  """This process's rows of a batch from `generate` (or of its features) on the host, in
+  order, without the padding rows (global index >= num_samples)."""
+  if not isinstance(x, jax.Array):  # a host function's result (a stand-in): the whole batch
+    return np.asarray(x)[:num_samples - start]
+  shards = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas: keep one
+  parts, index = [], []
+  for first in sorted(shards):
+    data = np.asarray(shards[first].data)
+    parts.append(data)
+    index.append(start + first + np.arange(data.shape[0]))
+  keep = np.concatenate(index) < num_samples
+  return np.concatenate(parts)[keep]
+
+
+def all_rows(batches: Iterable[tuple[int, jax.Array]], num_samples: int) -> np.ndarray:
+  """Every sample of `generate`, on the host of every process, [num_samples, H, W, C]."""
+  from jax.experimental import multihost_utils
+  out = []
+  for start, x in batches:
+    if jax.process_count() > 1:
+      x = multihost_utils.process_allgather(x, tiled=True)
+    out.append(np.asarray(x)[:num_samples - start])
+  return np.concatenate(out)
+
+
+def _rgb(images):
+  return jnp.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
+def sample_fid(batches: Iterable[tuple[int, jax.Array]], num_samples: int, reference,
+               features: Callable) -> float:
+  """FID of `generate`'s samples against reference statistics: Inception features computed
+  where the samples are, each process's rows accumulated in float64 on its host, then the
+  statistics merged across processes (`fid.FeatureStats.across_processes`): every process
+  returns the same number."""
+  from flow_maps.evaluation import fid
+  stats = fid.FeatureStats()
+  for start, x in batches:
+    stats.update(local_rows(features(_rgb(x)), start, num_samples))
+  stats = stats.across_processes()
+  return fid.frechet_distance(stats.mean, stats.cov, reference.mu, reference.sigma)
 
 
 def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 500,
@@ -119,34 +187,40 @@ def check_ready(config) -> None:
   fid.check_weights()
 
 
-def _reference(config, workdir: str):
+def _reference(config, workdir: str, features: Optional[Callable] = None):
   """(the FID reference statistics, their path): eval.fid_stats, or DIR/eval/fid_reference.npz,
-  computed here if missing."""
+  computed here if missing (by every process, written by process 0 only). `features`: a
+  stand-in for the Inception features (tests); then the weights are not needed."""
   from flow_maps.evaluation import fid
-  check_ready(config)
+  if features is None:
+    check_ready(config)
   path = config.eval.fid_stats
   if path is None:
     path = os.path.join(workdir, "eval", "fid_reference.npz")
     if not os.path.exists(path):
-      print(f"computing FID reference statistics of {config.data.name} (train) -> {path}",
-            flush=True)
-      reference_stats(config, path)
+      if jax.process_index() == 0:
+        print(f"computing FID reference statistics of {config.data.name} (train) -> {path}",
+              flush=True)
+      return reference_stats(config, path if jax.process_index() == 0 else None,
+                             features=features), path
   return fid.load_stats(path), path
 
 
-def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) -> dict:
+def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str,
+             features: Optional[Callable] = None) -> dict:
   """{"fid": {N: FID of the N-step map}, "ode_fid": {N: FID of N Heun steps on v_{t,t}},
   "num_samples": n, "fid_reference": path, "reference_count": m,
   "fid_floor": FID of n training images against the reference, or None if its statistics hold no
-  floor for n samples}."""
+  floor for n samples}. Data-parallel over every device of every process (`sample_fid`);
+  `features`: a stand-in for the Inception features (tests)."""
   from flow_maps.evaluation import fid
-  reference, path = _reference(config, workdir)
-  features = fid.feature_fn()
+  reference, path = _reference(config, workdir, features)
+  features = features or fid.feature_fn()
 
   def score(steps, ode):
-    batches = (_rgb(b) for b in generate(v, exp, steps=steps, num_samples=config.eval.num_samples,
-                                         batch_size=config.eval.batch_size, key=key, ode=ode))
-    return fid.compute_fid_from_samples(batches, reference, features)
+    batches = generate(v, exp, steps=steps, num_samples=config.eval.num_samples,
+                       batch_size=config.eval.batch_size, key=key, ode=ode)
+    return sample_fid(batches, config.eval.num_samples, reference, features)
 
   scores = {str(n): score(n, ode=False) for n in config.eval.steps}
   ode_scores = {str(n): score(n, ode=True) for n in config.eval.get("ode_steps", ())}
@@ -157,15 +231,16 @@ def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str) 
           "reference_count": reference.count, "fid_floor": floor}
 
 
-def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str) -> dict:
+def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str,
+                    features: Optional[Callable] = None) -> dict:
   """A conditional run's FIDs per guidance scale w of eval.guidance (labels uniform over the
   classes; see the module docstring): {"guidance": {"<w>": {"fid": {N: ...}, "ode_fid":
   {N: ...}}}, "learned_guidance", "label": -1, and the rest as `evaluate`}; "fid" is empty at
   w != 1 without learned guidance (the map learned w = 1 only). The top level also has the
   w = 1 row's "fid" and "ode_fid" when 1 is among the scales, as an unconditional result."""
   from flow_maps.evaluation import fid
-  reference, path = _reference(config, workdir)
-  features = fid.feature_fn()
+  reference, path = _reference(config, workdir, features)
+  features = features or fid.feature_fn()
   num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
   map_scale = exp.conditioning.map_scale
   count = config.eval.num_samples
@@ -173,10 +248,10 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
   map_field, ode_field = sampling.guided_fields(bind, num_classes, learned, map_scale)
 
   def score(field, steps, ode, w):
-    batches = (_rgb(b) for b in generate(field, exp, steps=steps, num_samples=count,
-                                         batch_size=config.eval.batch_size, key=key, ode=ode,
-                                         labels=labels, guidance=w))
-    return fid.compute_fid_from_samples(batches, reference, features)
+    batches = generate(field, exp, steps=steps, num_samples=count,
+                       batch_size=config.eval.batch_size, key=key, ode=ode, labels=labels,
+                       guidance=w)
+    return sample_fid(batches, count, reference, features)
 
   result = {"guidance": {}}
   for w in config.eval.guidance:
@@ -247,9 +322,10 @@ def write_samples(v: fm.VelocityField, exp, config, out: str, *, key: jax.Array)
   count = config.sample.num_samples
   scale = max(1, 256 // (exp.data_shape[0] * math.ceil(math.sqrt(count))))
   for n in config.sample.steps:
-    images = np.concatenate(list(generate(v, exp, steps=n, num_samples=count,
-                                          batch_size=min(count, config.eval.batch_size),
-                                          key=key)))
+    images = all_rows(generate(v, exp, steps=n, num_samples=count,
+                               batch_size=min(count, config.eval.batch_size), key=key), count)
+    if jax.process_index() != 0:
+      continue
     np.savez_compressed(os.path.join(out, f"n{n}.npz"), samples=images.astype(np.float32))
     save_grid(images, os.path.join(out, f"n{n}.png"), scale=scale)
 
@@ -275,7 +351,8 @@ def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Arra
     labels, columns = np.full((count,), config.sample.label, np.int32), None
   scale = max(1, 256 // (exp.data_shape[0] * (columns or math.ceil(math.sqrt(count)))))
   which = "all" if config.sample.label < 0 else str(config.sample.label)
-  np.save(os.path.join(out, f"labels_{which}.npy"), labels)
+  if jax.process_index() == 0:
+    np.save(os.path.join(out, f"labels_{which}.npy"), labels)
   map_field, _ = sampling.guided_fields(bind, num_classes, learned, map_scale)
   for w in config.sample.guidance:
     if not sampling.map_samples_at(learned, w, map_scale):
@@ -283,9 +360,11 @@ def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Arra
                        f"(guidance.learned is "
                        f"False), got {w:g}")
     for n in config.sample.steps:
-      images = np.concatenate(list(generate(map_field, exp, steps=n, num_samples=count,
-                                            batch_size=min(count, config.eval.batch_size),
-                                            key=key, labels=labels, guidance=w)))
+      images = all_rows(generate(map_field, exp, steps=n, num_samples=count,
+                                 batch_size=min(count, config.eval.batch_size), key=key,
+                                 labels=labels, guidance=w), count)
+      if jax.process_index() != 0:
+        continue
       name = f"n{n}_label_{which}_w{w:g}"
       np.savez_compressed(os.path.join(out, name + ".npz"), samples=images.astype(np.float32))
       save_grid(images, os.path.join(out, name + ".png"), scale=scale, columns=columns)
