@@ -156,18 +156,17 @@ def child(kill: Optional[Kill], argv: list[str]) -> None:
       os.replace = replace
     hit(step)  # there was no metrics.jsonl to rewrite
 
-  make_train_step = train.make_train_step
+  compile_step = train.compile_step
 
-  def make_train_step_hook(*args, **kwargs):
-    step_fn = make_train_step(*args, **kwargs)
-    count = {"step": None}
+  def compile_step_hook(exp, step_fn, train_state):
+    start = int(train_state.step)
+    if moment == "compile":
+      hit(start)  # start-up: the step is about to be compiled
+    compiled = compile_step(exp, step_fn, train_state)
+    count = {"step": start}
 
-    def step(train_state, batch):
-      if count["step"] is None:
-        count["step"] = int(train_state.step)
-        if moment == "compile":
-          hit(count["step"])
-      out = step_fn(train_state, batch)
+    def run(train_state, batch):
+      out = compiled.run(train_state, batch)
       count["step"] += 1
       if kill and count["step"] >= kill.step:
         if moment in ("step", "term_step"):
@@ -177,7 +176,7 @@ def child(kill: Optional[Kill], argv: list[str]) -> None:
           report(f"armed at step {count['step']}")
       return out
 
-    return step
+    return dataclasses.replace(compiled, run=run)
 
   write = train._MetricsLog.write
 
@@ -246,7 +245,7 @@ def child(kill: Optional[Kill], argv: list[str]) -> None:
 
   train.restore_or_init = restore_hook
   workdir_lib.truncate_metrics = truncate_hook
-  train.make_train_step = make_train_step_hook
+  train.compile_step = compile_step_hook
   train._MetricsLog.write = write_hook
   checkpoints.Checkpoints.save = save_hook
   ocp.CheckpointManager.save = manager_save_hook

@@ -170,7 +170,8 @@ def test_unconditional_unet_params_and_outputs_are_bitwise_those_before_conditio
   finally:
     del sys.modules[spec.name]
   assert "num_classes" not in before.UNet.__dataclass_fields__  # it is the old one
-  old, new = _unet(before), _unet(unet)
+  # The UNet before conditioning had the weight head now called "zero_start".
+  old, new = _unet(before), _unet(unet, log_weight_head="zero_start")
   old_params, new_params = before.init_params(old, 3), unet.init_params(new, 3)
   assert jax.tree.structure(old_params) == jax.tree.structure(new_params)
   for a, b in zip(jax.tree.leaves(old_params), jax.tree.leaves(new_params)):

