@@ -182,7 +182,11 @@ def common() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.clip_norm = 10.0  # global-norm clipping; 0 disables it
   c.optim.warmup_steps = 0  # linear warm-up from 0
-  c.optim.decay_start = 35_000  # constant, then lr0 / sqrt(step / decay_start); 0: constant
+  c.optim.decay_start = 35_000  # constant until here (0: from the start), then the schedule
+  # rsqrt: lr0 / sqrt(step / decay_start) (published; decay_start 0: constant) | linear | cosine:
+  # to zero at decay_end (> decay_start, >= train.num_steps), for a fixed budget
+  c.optim.schedule = "rsqrt"
+  c.optim.decay_end = 0
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 250_000

@@ -337,6 +337,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "optim.clip_norm", low=0.0)
   _number(config, "optim.warmup_steps", low=0, integer=True)
   _number(config, "optim.decay_start", low=0, integer=True)
+  _choice(config, "optim.schedule", optim.SCHEDULES)
+  _number(config, "optim.decay_end", low=0, integer=True)
+  if config.optim.schedule != "rsqrt":
+    if config.optim.decay_end <= config.optim.decay_start:
+      _fail("optim.decay_end", f"the {config.optim.schedule} schedule reaches zero at decay_end, "
+            f"which must come after optim.decay_start={config.optim.decay_start}, got "
+            f"{config.optim.decay_end}")
+    if config.train.num_steps > config.optim.decay_end:
+      _fail("optim.decay_end", f"the {config.optim.schedule} schedule is zero from step "
+            f"{config.optim.decay_end} on, but train.num_steps={config.train.num_steps} trains past "
+            "it: raise decay_end (a change of meaning) or lower num_steps")
 
   _number(config, "train.num_steps", low=0, integer=True)
   _number(config, "train.batch_size", low=1, integer=True)
