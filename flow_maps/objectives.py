@@ -46,14 +46,14 @@ DROPOUTS = ("diagonal", "all")
 # stop-gradient placements, the time distributions. The diagonal has no teacher to stop.
 ADMITS = {
     "diagonal": dict(velocity=("self", "pretrained"), stop_gradient=STOP_GRADIENTS,
-                     times=("triangle", "logit_normal", "dyadic")),
+                     times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
     "lagrangian": dict(velocity=("self", "pretrained"),
                        stop_gradient=("teacher", "full", "none", "derivatives"),
-                       times=("triangle", "logit_normal", "dyadic")),
+                       times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
     "eulerian": dict(velocity=VELOCITIES, stop_gradient=STOP_GRADIENTS,
-                     times=("triangle", "logit_normal", "dyadic", "fixed_end")),
+                     times=("triangle", "uniform_gap", "logit_normal", "dyadic", "fixed_end")),
     "progressive": dict(velocity=("self", "pretrained"), stop_gradient=("teacher", "full", "none"),
-                        times=("triangle", "logit_normal", "dyadic")),
+                        times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
     "discrete_eulerian": dict(velocity=("conditional",), stop_gradient=("teacher", "none"),
                               times=("ict_grid",)),
 }

@@ -126,6 +126,19 @@ def sample_triangle(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32) -> 
   return s, s + d
 
 
+def sample_uniform_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
+                       ) -> tuple[Array, Array]:
+  """(s, t) with the gap d = t - s uniform on [0, gap], then s ~ U[0, 1 - d].
+
+  Against the triangle (density of d proportional to 1 - d) this puts more rows on long jumps:
+  P(d > 0.9) is 0.1 instead of 0.01, for the few-step maps that use them.
+  """
+  key_gap, key_s = jax.random.split(key)
+  d = jax.random.uniform(key_gap, (n,), dtype) * jnp.asarray(gap, dtype)
+  s = jax.random.uniform(key_s, (n,), dtype) * (1.0 - d)
+  return s, s + d
+
+
 def sample_h(key: Array, n: int, psd_h: str, dtype=jnp.float32) -> Array:
   """PSD's split of [s, t]: 'uniform' (PSD-U, h ~ U(0, 1)) or 'midpoint' (PSD-M, h = 1/2)."""
   if psd_h == "uniform":
@@ -147,7 +160,10 @@ def sample_off_diagonal_times(key: Array, n: int, gap: Array = 1.0, psd_h: str =
 # distribution itself asks for (iCT's 1 / (sigma_{i+1} - sigma_i)), 1 elsewhere, and `t_target`
 # is the second time of a discrete pair (iCT), equal to t elsewhere.
 
-TIME_DISTRIBUTIONS = ("triangle", "logit_normal", "dyadic", "fixed_end", "ict_grid")
+TIME_DISTRIBUTIONS = ("triangle", "uniform_gap", "logit_normal", "dyadic", "fixed_end",
+                      "ict_grid")
+# The laws whose largest gap t - s can be annealed (`objective.anneal_steps`).
+ANNEALED = ("triangle", "uniform_gap")
 
 
 def sample_logit_normal(key: Array, shape, mean: float, std: float, dtype=jnp.float32) -> Array:
@@ -215,6 +231,8 @@ class TimeDistribution:
   """Which (s, t) a batch trains on (`docs/method.md` §4, §8 (d)); static under jit.
 
   - triangle: the paper's; t ~ U[0, 1] on the diagonal, (s, t) uniform on s <= t (annealed gap).
+  - uniform_gap: the gap t - s uniform on [0, 1] (annealed), then s uniform where it fits: more
+    long jumps than the triangle (not published; `docs/recipe.md`).
   - logit_normal: MeanFlow's; two draws of sigmoid(N(mean, std^2)) sorted into s <= t, the
     diagonal rows at the smaller draw of their own pair (MeanFlow's r = t rows, translated to this
     time direction: `mean` here is minus MeanFlow's).
@@ -266,6 +284,8 @@ class TimeDistribution:
     ones = jnp.ones((n,), dtype)
     if self.name == "triangle":
       s, t = sample_triangle(key_st, n, gap, dtype)
+    elif self.name == "uniform_gap":
+      s, t = sample_uniform_gap(key_st, n, gap, dtype)
     elif self.name == "logit_normal":
       draws = sample_logit_normal(key_st, (2, n), self.logit_normal_mean, self.logit_normal_std,
                                   dtype)

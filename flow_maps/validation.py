@@ -313,9 +313,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   layout = objective.layout
   _number(config, "objective.anneal_start", low=0, integer=True)
   _number(config, "objective.anneal_steps", low=0, integer=True)
-  if config.objective.anneal_steps and config.objective.times != "triangle":
-    _fail("objective.anneal_steps", "gap annealing applies to times='triangle' only, got "
-          f"times={config.objective.times!r}")
+  if config.objective.anneal_steps and config.objective.times not in times.ANNEALED:
+    _fail("objective.anneal_steps", f"gap annealing applies to times in {times.ANNEALED} only, "
+          f"got times={config.objective.times!r}")
   pretrained = _require(config, "objective.pretrained")
   if not isinstance(pretrained, str):
     _fail("objective.pretrained", f"must be a workdir path (str), got {pretrained!r}")

@@ -152,6 +152,23 @@ def test_gap_limited_triangle_is_uniform_on_its_band():
   assert stats.kstest(d, lambda x: x / gap).pvalue < 1e-10  # d is not uniform on [0, gap]
 
 
+@pytest.mark.parametrize("gap", [1.0, 0.3])
+def test_uniform_gap_law(gap):
+  """uniform_gap: d = t - s uniform on [0, gap] and, given d, s uniform on [0, 1 - d]; the
+  triangle's law of d is rejected (so the test can tell them apart)."""
+  s, t = map(np.asarray, times.sample_uniform_gap(jax.random.key(3), N_SAMPLES, gap))
+  assert np.all(s >= 0) and np.all(t <= 1 + 1e-6) and np.all(t >= s)
+  s, d = s.astype(np.float64), (t - s).astype(np.float64)
+  assert stats.kstest(d, lambda x: x / gap).pvalue > KS_P_MIN
+  assert stats.kstest(s / (1 - d), "uniform").pvalue > KS_P_MIN
+  assert stats.kstest(d, lambda x: (2 * x - x**2) / (2 * gap - gap**2)).pvalue < 1e-10
+  dist = times.TimeDistribution("uniform_gap")
+  off = dist.off_diagonal(jax.random.key(4), N_SAMPLES, None, gap=gap)  # its (s, t) key first
+  s4, t4 = times.sample_uniform_gap(jax.random.split(jax.random.key(4))[0], N_SAMPLES, gap)
+  np.testing.assert_array_equal(np.asarray(off.s), np.asarray(s4))
+  np.testing.assert_array_equal(np.asarray(off.t), np.asarray(t4))
+
+
 def test_max_gap_annealing_schedule():
   """0 until anneal_start, then linear to 1 over anneal_steps; 1 throughout without annealing."""
   steps = jnp.array([0, 50, 100, 150, 200, 300, 400, 10_000])
