@@ -45,7 +45,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flow_maps import config_defaults  # noqa: E402
-from flow_maps import data as data_lib  # noqa: E402
 from flow_maps import flow_map as fm  # noqa: E402
 from flow_maps import objectives, pretrained, sampling, times, train  # noqa: E402
 
@@ -76,7 +75,7 @@ def vmap_loss(model: fm.FlowMapModel, params: Any, x1: jax.Array, key: jax.Array
   del pretrained, step  # the paper's four objectives use neither
   key_noise, key_diag, key_off, key_dropout = jax.random.split(key, 4)
   batch = x1.shape[0]
-  x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, x1.dtype)
+  x0 = interpolant.noise(key_noise, x1.shape, x1.dtype)
   teacher_params = sg(params if teacher_params is None else teacher_params)
 
   def net(p, dropout_key=None):
@@ -173,13 +172,12 @@ def default_unet_config():
 
 @dataclasses.dataclass
 class Step:
-  """One compiled train step and what XLA says about it."""
+  """One compiled train step (`train.compile_step`) and what XLA says about it."""
 
   label: str
-  compiled: Any
+  compiled: train.CompiledStep
   state: Any
-  batch: Optional[jax.Array]
-  frozen: Any  # the pretrained teacher's parameters (distillation), else None
+  batch: Any  # a stand-in of the step's host batch (`stand_in_batch`)
   compile_seconds: float
   flops: float
   transcendentals: float
@@ -191,7 +189,7 @@ class Step:
     """Seconds per step over n steps, the state carried from step to step."""
     start = time.perf_counter()
     for _ in range(n):
-      self.state, metrics = self.compiled(self.state, self.batch, self.frozen)
+      self.state, metrics = self.compiled.run(self.state, self.batch)
     jax.block_until_ready((self.state, metrics))
     return (time.perf_counter() - start) / n
 
@@ -211,50 +209,59 @@ def memory_mb(compiled) -> float:
   return total / 2**20
 
 
-def lower_step(config, batch_size: int, loss_fn: Optional[Callable] = None):
+def stand_in_batch(exp: train.Experiment) -> Any:
+  """A host batch of the step's layout (`exp.source.abstract_batch()`), without reading data:
+  images uniform in [-1, 1], labels uniform over the classes; toy data, drawn inside the step,
+  has the empty batch."""
+  rng = np.random.default_rng(0)
+
+  def leaf(spec):
+    if jnp.issubdtype(spec.dtype, jnp.integer):
+      x = rng.integers(0, exp.conditioning.num_classes, spec.shape)
+    else:
+      x = rng.uniform(-1, 1, spec.shape)
+    return jax.device_put(jnp.asarray(x, spec.dtype), spec.sharding)
+
+  return jax.tree.map(leaf, exp.source.abstract_batch())
+
+
+def train_step(config, loss_fn: Optional[Callable] = None):
   """The real train step of `config` (optionally with `objectives.loss` replaced by `loss_fn`:
-  same step, same optimiser and EMAs, only the loss differs), lowered and not yet compiled, with
-  its arguments: (lowered, seconds to trace and lower, state, batch, frozen teacher)."""
+  same step, same optimiser and EMAs, only the loss differs), not yet compiled, with its
+  experiment and initial state: (exp, step, state)."""
   exp = train.build_experiment(config)
-  toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
-  batch = None
-  if toy is None:
-    x = np.random.default_rng(0).uniform(-1, 1, (batch_size,) + exp.data_shape)
-    batch = jax.device_put(jnp.asarray(x, jnp.float32), exp.batch_sharding)
   state = train.init_state(exp)
   # Distillation presets: a frozen teacher of the same architecture (its cost, not its weights,
   # is what is measured here).
   frozen = (pretrained.Pretrained(exp.model, jax.device_get(state.params), {})
             if config.objective.velocity == "pretrained" else None)
-  step = train.make_train_step(exp, toy, frozen, loss_fn=loss_fn or objectives.loss)
-  start = time.perf_counter()
-  lowered = step.jitted.lower(state, batch, step.frozen)
-  return lowered, time.perf_counter() - start, state, batch, step.frozen
+  return exp, train.make_train_step(exp, frozen, loss_fn=loss_fn or objectives.loss), state
 
 
-def lowered_flops(config, batch_size: int) -> float:
+def lowered_flops(config) -> float:
   """XLA's FLOP count of the train step as lowered, before optimisation: no compilation (about a
   third of the CPU time of lowering and compiling an MLP step). It is not a bound of the
   compiled count but close to it: within 1.1 % of the step's FLOPs on the MLP presets, 0.12
   passes per off-diagonal row either way (LSD 7.04 lowered against 7.16 compiled, guided LSD
   10.24 against 10.13)."""
-  return float(train.cost_analysis(lower_step(config, batch_size)[0]).get("flops", float("nan")))
+  lowered = train.lower_step(*train_step(config))
+  return float(train.cost_analysis(lowered).get("flops", float("nan")))
 
 
-def compile_step(label: str, config, batch_size: int,
-                 loss_fn: Optional[Callable] = None) -> Step:
-  """The real train step of `config` compiled, and what XLA says about it (`lower_step`)."""
-  lowered, seconds, state, batch, frozen = lower_step(config, batch_size, loss_fn)
-  start = time.perf_counter()  # tracing and lowering included: what a run waits for
-  compiled = lowered.compile()
-  seconds += time.perf_counter() - start
-  cost = train.cost_analysis(compiled)
-  return Step(label=label, compiled=compiled, state=state, batch=batch, frozen=frozen,
-              compile_seconds=seconds,
+def compile_step(label: str, config, loss_fn: Optional[Callable] = None) -> Step:
+  """The real train step of `config` compiled as the training loop compiles it
+  (`train.compile_step`; tracing and lowering included in its time: what a run waits for), and
+  what XLA says about it."""
+  exp, step, state = train_step(config, loss_fn)
+  compiled = train.compile_step(exp, step, state)
+  executable = compiled.executable
+  cost = train.cost_analysis(executable)
+  return Step(label=label, compiled=compiled, state=state, batch=stand_in_batch(exp),
+              compile_seconds=compiled.seconds,
               flops=float(cost.get("flops", float("nan"))),
               transcendentals=float(cost.get("transcendentals", float("nan"))),
               bytes_accessed=float(cost.get("bytes accessed", float("nan"))),
-              matmuls=count_matmuls(compiled.as_text()), memory_mb=memory_mb(compiled))
+              matmuls=count_matmuls(executable.as_text()), memory_mb=memory_mb(executable))
 
 
 def forward_flops(config, batch_size: int) -> float:
@@ -271,13 +278,11 @@ def forward_flops(config, batch_size: int) -> float:
 def loss_agreement(config, batch_size: int) -> float:
   """max |ours - vmap| / |ours| of the loss at initialisation with one key: the reference
   computes the same thing."""
+  config = copy.deepcopy(config)
+  config.train.batch_size = batch_size
   exp = train.build_experiment(config)
   state = train.init_state(exp)
-  if data_lib.is_toy(config):
-    x1 = data_lib.toy_dataset(config).sample(jax.random.PRNGKey(1), batch_size)
-  else:
-    x1 = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (batch_size,) + exp.data_shape),
-                     jnp.float32)
+  x1, _ = exp.source.draw(jax.random.PRNGKey(1), stand_in_batch(exp))
   key = jax.random.PRNGKey(2)
   kwargs = dict(objective=exp.objective, interpolant=exp.interpolant, train=False)
   ours = jax.jit(lambda p, x: objectives.loss(exp.model, p, x, key, **kwargs)[0])(state.params, x1)
@@ -291,8 +296,7 @@ def loss_agreement(config, batch_size: int) -> float:
 def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: int) -> list:
   exp = train.build_experiment(config)
   params = train.init_state(exp).params
-  x0 = exp.interpolant.sigma0 * jax.random.normal(jax.random.PRNGKey(0),
-                                                  (batch_size,) + exp.data_shape)
+  x0 = sampling.noise(jax.random.PRNGKey(0), batch_size, exp.data_shape, exp.interpolant.sigma0)
   rows = []
   jobs = [("flow map", n, n, sampling.sample_flow_map) for n in map_steps] + \
          [("Heun ODE", n, 2 * n, sampling.sample_heun) for n in ode_steps]
@@ -313,32 +317,17 @@ def sampling_throughput(config, batch_size: int, map_steps, ode_steps, repeats: 
 # --------------------------------------------------------------------------- the input pipeline
 
 
-def write_stand_in_tfds(data_dir: str, name: str, splits: dict[str, int],
-                        example: Callable[[str, int], dict]) -> None:
-  """A tfds directory holding `name` ("cifar10" or "celeb_a") as array_record, written by the
-  real builder's class with only its example generator replaced by `example(split, i)` (a
-  feature dict): the records, their encoding (PNG, JPEG) and the reading path are the real ones,
-  and nothing is downloaded."""
-  import tensorflow_datasets as tfds
-
-  class StandIn(tfds.builder_cls(name), skip_registration=True):
-    def _split_generators(self, dl_manager):
-      return {split: ((f"{split}{i}", example(split, i)) for i in range(n))
-              for split, n in splits.items()}
-
-  StandIn.name = name
-  StandIn(data_dir=data_dir, file_format="array_record").download_and_prepare()
-
-
-def stand_in_example(name: str, features=None) -> Callable[[str, int], dict]:
-  """Random images of the dataset's real stored shape: CIFAR-10 32x32x3 (PNG), CelebA 218x178x3
-  (JPEG; smooth random fields, so the JPEGs have a photo's size rather than noise's)."""
-  def cifar10(split, i):
+def stand_in_example(name: str) -> Callable[[str, int, Any], dict]:
+  """Random images of the dataset's real stored shape, for `stand_in.write_stand_in_tfds`:
+  CIFAR-10 32x32x3 (PNG), CelebA 218x178x3 (JPEG; smooth random fields, so the JPEGs have a
+  photo's size rather than noise's)."""
+  def cifar10(split, i, features):
+    del features
     rng = np.random.RandomState([len(split), i])
     return {"id": f"{split}{i}", "image": rng.randint(0, 256, (32, 32, 3)).astype(np.uint8),
             "label": i % 10}
 
-  def celeb_a(split, i):
+  def celeb_a(split, i, features):
     rng = np.random.RandomState([len(split), i])
     coarse = rng.uniform(0, 255, (28, 23, 3))
     image = np.kron(coarse, np.ones((8, 8, 1)))[:218, :178].round().astype(np.uint8)
@@ -374,8 +363,7 @@ def input_benchmark(args) -> dict:
   """images/s of CIFAR-10 and CelebA-64 preprocessing per worker count, on prepared tfds data
   (`--data-dir`) or stand-ins of the real shapes written to a temporary directory."""
   import tempfile
-  import tensorflow_datasets as tfds
-  from flow_maps.data import images
+  from flow_maps.data import images, stand_in
 
   names = {"cifar10": "cifar10", "celeba64": "celeb_a"}
   tmp = None
@@ -385,10 +373,9 @@ def input_benchmark(args) -> dict:
     data_dir = tmp.name
     for name in args.datasets.split(","):
       tfds_name = names[name]
-      features = tfds.builder(tfds_name, data_dir=data_dir, try_gcs=False).info.features
       start = time.perf_counter()
-      write_stand_in_tfds(data_dir, tfds_name, {"train": args.stand_in_examples},
-                          stand_in_example(tfds_name, features))
+      stand_in.write_stand_in_tfds(data_dir, tfds_name, {"train": args.stand_in_examples},
+                                   stand_in_example(tfds_name))
       print(f"wrote a stand-in {tfds_name} of {args.stand_in_examples} examples in "
             f"{time.perf_counter() - start:.0f} s", flush=True)
   rows = []
@@ -460,7 +447,7 @@ def unet_preset_benchmark(args) -> dict:
     for name in names:
       config = variant_config(base, name, batch, None, None)
       config.model.compute_dtype = dtype
-      step = compile_step(f"{name}/{dtype}", config, batch)
+      step = compile_step(f"{name}/{dtype}", config)
       step.run(args.warmup)
       seconds = [step.run(args.steps_per_run) for _ in range(args.repeats)]
       t = statistics.median(seconds)
@@ -672,15 +659,15 @@ def main(argv=None) -> int:
 
   steps: dict[str, Step] = {}
   for k in names:
-    steps[k] = compile_step(k, configs[k], batch)
+    steps[k] = compile_step(k, configs[k])
     print(f"compiled {k}: {steps[k].compile_seconds:.1f} s, {steps[k].flops / 1e9:.2f} GFLOP",
           flush=True)
     if args.dump_hlo:
       os.makedirs(args.dump_hlo, exist_ok=True)
       with open(os.path.join(args.dump_hlo, f"{k}.txt"), "w") as f:
-        f.write(steps[k].compiled.as_text())
+        f.write(steps[k].compiled.executable.as_text())
     if not args.no_vmap and k in VMAP_VARIANTS:
-      steps["vmap/" + k] = compile_step("vmap/" + k, configs[k], batch, loss_fn=vmap_loss)
+      steps["vmap/" + k] = compile_step("vmap/" + k, configs[k], loss_fn=vmap_loss)
       print(f"compiled vmap/{k}: {steps['vmap/' + k].compile_seconds:.1f} s", flush=True)
   fwd = forward_flops(configs[BASELINE], batch)
   agreement = {} if args.no_vmap else {k: loss_agreement(configs[k], min(batch, 1024))

@@ -65,7 +65,6 @@ import numpy as np  # noqa: E402
 from jax.flatten_util import ravel_pytree  # noqa: E402
 
 from flow_maps import config_defaults  # noqa: E402
-from flow_maps import data as data_lib  # noqa: E402
 from flow_maps import train  # noqa: E402
 
 
@@ -146,20 +145,16 @@ def ours(objective: str, width: int, depth: int, batch: int) -> Variant:
   config.model.depth = depth
   config.train.batch_size = batch
   exp = train.build_experiment(config)
-  toy = data_lib.toy_dataset(config)
   holder = {"state": train.init_state(exp)}
   params = jax.tree.map(np.asarray, holder["state"].params)  # before the first step donates it
-  step_fn = train.make_train_step(exp, toy)
-  # the jitted function itself (a wrapper passing extra arguments exposes it as `.jitted`)
-  jitted, extra = ((step_fn.jitted, (step_fn.frozen,)) if hasattr(step_fn, "jitted")
-                   else (step_fn, ()))
-  compiled = jitted.lower(holder["state"], None, *extra).compile()
+  compiled = train.compile_step(exp, train.make_train_step(exp), holder["state"])
+  batch = next(exp.source.batches(0))  # toy data: the empty batch, the data drawn in the step
 
   def step():
-    holder["state"], metrics = compiled(holder["state"], None, *extra)
+    holder["state"], metrics = compiled.run(holder["state"], batch)
     return holder["state"], metrics
 
-  return Variant(f"ours/{objective}", _timed(step), [("step", compiled)], params)
+  return Variant(f"ours/{objective}", _timed(step), [("step", compiled.executable)], params)
 
 
 def release(rel: dict, objective: str, width: int, depth: int, batch: int) -> Variant:

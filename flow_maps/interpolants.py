@@ -8,9 +8,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
+
+
+def noise(key: jax.Array, shape: tuple[int, ...], sigma0: float, dtype=jnp.float32) -> Array:
+  """x0 ~ N(0, sigma0^2 I) of `shape` (`docs/method.md` §1)."""
+  return sigma0 * jax.random.normal(key, shape, dtype)
 
 
 def per_sample(t: Array, x: Array) -> Array:
@@ -33,6 +39,10 @@ class Interpolant:
   # coordinates, `docs/method.md` §8).
   noise_ratio_time: Callable[[Array, float], Array]
   sigma0: float = 1.0
+
+  def noise(self, key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """x0 ~ N(0, sigma0^2 I) of `shape`: the one draw of the noise end (training, sampling)."""
+    return noise(key, shape, self.sigma0, dtype)
 
   def interpolate(self, t: Array, x0: Array, x1: Array) -> Array:
     """I_t for per-sample times t of shape [B] and x0, x1 of shape [B, ...]."""

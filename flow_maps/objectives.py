@@ -461,7 +461,7 @@ def loss(model: fm.FlowMapModel, params: Any, x1: Array, key: Array, *,
   dtype = x1.dtype
   batch = x1.shape[0]
   dimension = math.prod(x1.shape[1:])
-  x0 = interpolant.sigma0 * jax.random.normal(key_noise, x1.shape, dtype)
+  x0 = interpolant.noise(key_noise, x1.shape, dtype)
   if teacher_params is None:
     teacher_params = params
   if objective.stop_gradient != "none":

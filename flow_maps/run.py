@@ -39,13 +39,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   return errors
 
 
-def _check_eval_ready(config: ml_collections.ConfigDict) -> None:
-  from flow_maps import data as data_lib
-  if not data_lib.is_toy(config):
-    from flow_maps.evaluation import image_eval
-    image_eval.check_ready(config)
-
-
 def _evaluates_while_training(config: ml_collections.ConfigDict) -> bool:
   return config.train.eval_schedule == "log" or bool(config.train.eval_every)
 
@@ -73,7 +66,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str,
   try:
     if mode in ("eval", "train_and_eval") or (mode == "train" and
                                               _evaluates_while_training(config)):
-      _check_eval_ready(config)  # before training: a long run must not end on a missing file
+      from flow_maps.evaluation import run_eval
+      run_eval.check_ready(config)  # before training: a long run must not end on a missing file
     if mode in ("train", "train_and_eval"):
       stopped_by = _train(config, workdir, allow_config_change)
       if stopped_by is not None:

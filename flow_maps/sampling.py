@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flow_maps import flow_map as fm
+from flow_maps import interpolants
 
 Array = jax.Array
 
@@ -30,7 +31,7 @@ def uniform_grid(steps: int, dtype=jnp.float32) -> Array:
 
 def noise(key: Array, num_samples: int, shape: tuple[int, ...], sigma0: float) -> Array:
   """x0 ~ N(0, sigma0^2 I), [num_samples, *shape] (`docs/method.md` §1)."""
-  return sigma0 * jax.random.normal(key, (num_samples, *shape))
+  return interpolants.noise(key, (num_samples, *shape), sigma0)
 
 
 def row_keys(key: Array, index: Array) -> Array:
@@ -41,7 +42,7 @@ def row_keys(key: Array, index: Array) -> Array:
 
 def row_noise(keys: Array, shape: tuple[int, ...], sigma0: float) -> Array:
   """x0 ~ N(0, sigma0^2 I), [B, *shape], row b drawn from keys[b] alone."""
-  return sigma0 * jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
+  return jax.vmap(lambda k: interpolants.noise(k, shape, sigma0))(keys)
 
 
 def sample_flow_map_on_grid(v: fm.VelocityField, x0: Array, grid: Array) -> Array:
@@ -102,7 +103,7 @@ def sample_consistency(v: fm.VelocityField, x0: Array, steps: int, interpolant,
       z = row_noise(jax.vmap(lambda r: jax.random.fold_in(r, k))(key), x.shape[1:],
                     interpolant.sigma0).astype(dtype)
     else:
-      z = interpolant.sigma0 * jax.random.normal(jax.random.fold_in(key, k), x.shape, dtype)
+      z = interpolant.noise(jax.random.fold_in(key, k), x.shape, dtype)
     t_next = jnp.full((batch,), grid[k + 1], dtype)
     return jnp.where(k + 1 < steps, interpolant.interpolate(t_next, z, x1), x1), None
 

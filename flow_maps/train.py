@@ -61,6 +61,7 @@ class Experiment:
   interpolant: interpolants.Interpolant
   data_shape: tuple[int, ...]
   mesh: Mesh
+  source: data_lib.BatchSource  # the step's data: host batches, and x1 (and labels) in the step
   conditioning: Optional[objectives.Conditioning] = None  # labels and guidance; None: unconditional
 
   @property
@@ -99,6 +100,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   shape = data_lib.data_shape(config)
   network = networks.build_network(config, shape)
   opt_config = config.optim
+  batch_sharding = NamedSharding(mesh, P("data"))
   return Experiment(
       config=config,
       model=FlowMapModel(network.module),
@@ -111,6 +113,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                                config.interpolant.sigma0),
       data_shape=shape,
       mesh=mesh,
+      source=data_lib.batch_source(config, batch_sharding),
       conditioning=objectives.conditioning_from_config(config, data_lib.num_classes(config)),
   )
 
@@ -153,15 +156,15 @@ def parameter_count(params: Any) -> int:
 # --------------------------------------------------------------------------- the step
 
 
-def make_train_step(exp: Experiment, toy_dataset: Any = None,
-                    pretrained: Optional[pretrained_lib.Pretrained] = None,
+def make_train_step(exp: Experiment, pretrained: Optional[pretrained_lib.Pretrained] = None,
                     loss_fn: Callable[..., tuple[jax.Array, dict]] = objectives.loss
-                    ) -> Callable[[TrainState, Optional[jax.Array]], tuple[TrainState, dict]]:
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """The jitted step `(state, batch) -> (state, metrics)`.
 
-  With a toy dataset the batch is drawn inside the step from the step's key (pass None). Image
-  batches are x1 [B, H, W, C], or for a conditional run (`exp.conditioning`) the pair
-  (x1, labels [B] int32), both sharded along the batch.
+  `batch` is what `exp.source.batches` yields (laid out as `exp.source.abstract_batch()`):
+  the empty tuple for toy data, whose x1 (and labels) `exp.source.draw` samples inside the step
+  from the step's data key; images x1 [B, H, W, C], or for a conditional run the pair
+  (x1, labels [B] int32), sharded along the batch.
   `pretrained` is the frozen teacher of objective.velocity = 'pretrained'; its parameters are an
   argument of the compiled step, never a constant folded into it. `loss_fn` has the signature of
   `objectives.loss` (the benchmark passes its reference there).
@@ -169,25 +172,17 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
   loop sees the metrics and stops.
   """
   config = exp.config
-  batch_size = config.train.batch_size
   teacher = config.objective.teacher
   anneal_start = config.objective.anneal_start
   anneal_steps = config.objective.anneal_steps
   decays = exp.ema_decays
 
-  def step_fn(state: TrainState, x1: Optional[jax.Array], frozen: Any):
+  def step_fn(state: TrainState, batch: Any, frozen: Any):
     key = jax.random.fold_in(state.rng, state.step)
     key_data, key_loss = jax.random.split(key)
+    x1, labels = exp.source.draw(key_data, batch)
     conditional = {}
-    if toy_dataset is not None:
-      if exp.conditioning is None:
-        x1 = toy_dataset.sample(key_data, batch_size)
-      else:  # the same draws, with the labels
-        x1, labels = toy_dataset.sample_labelled(key_data, batch_size)
-        conditional = dict(labels=jax.lax.with_sharding_constraint(labels, exp.batch_sharding),
-                           conditioning=exp.conditioning)
-    elif exp.conditioning is not None:  # images with their labels, from the host
-      x1, labels = x1
+    if labels is not None:
       conditional = dict(labels=jax.lax.with_sharding_constraint(labels, exp.batch_sharding),
                          conditioning=exp.conditioning)
     x1 = jax.lax.with_sharding_constraint(x1, exp.batch_sharding)
@@ -230,22 +225,11 @@ def make_train_step(exp: Experiment, toy_dataset: Any = None,
                    compiler_options=options)
   frozen = None if pretrained is None else jax.device_put(pretrained.params, exp.replicated)
 
-  def step(state: TrainState, x1: Optional[jax.Array]):
-    return jitted(state, x1, frozen)
+  def step(state: TrainState, batch: Any):
+    return jitted(state, batch, frozen)
 
   step.jitted, step.frozen = jitted, frozen  # for cost analysis (`experiments/benchmark.py`)
   return step
-
-
-def batch_spec(exp: Experiment) -> Any:
-  """The abstract global batch of an image run (None for toy data, drawn inside the step)."""
-  if data_lib.is_toy(exp.config):
-    return None
-  b = exp.config.train.batch_size
-  x = jax.ShapeDtypeStruct((b,) + exp.data_shape, jnp.float32, sharding=exp.batch_sharding)
-  if exp.conditioning is None:
-    return x
-  return x, jax.ShapeDtypeStruct((b,), jnp.int32, sharding=exp.batch_sharding)
 
 
 def cost_analysis(compiled: Any) -> dict[str, float]:
@@ -261,15 +245,21 @@ class CompiledStep:
   run: Callable[[TrainState, Any], tuple[TrainState, dict]]
   seconds: float  # tracing, lowering and compiling
   flops: float  # XLA's count for one step over every device (nan where XLA has none)
+  executable: Any  # the compiled program, for its HLO and memory (`experiments/benchmark.py`)
+
+
+def lower_step(exp: Experiment, step: Callable, state: TrainState) -> Any:
+  """The step of `make_train_step`, traced and lowered for `state` and the source's batch."""
+  return step.jitted.lower(state, exp.source.abstract_batch(), step.frozen)
 
 
 def compile_step(exp: Experiment, step: Callable, state: TrainState) -> CompiledStep:
   start = time.perf_counter()
-  compiled = step.jitted.lower(state, batch_spec(exp), step.frozen).compile()
+  compiled = lower_step(exp, step, state).compile()
   seconds = time.perf_counter() - start
   flops = float(cost_analysis(compiled).get("flops", float("nan"))) * exp.mesh.size
   return CompiledStep(run=lambda state, batch: compiled(state, batch, step.frozen),
-                      seconds=seconds, flops=flops)
+                      seconds=seconds, flops=flops, executable=compiled)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -536,25 +526,6 @@ def restore_or_init(exp: Experiment, manager: ckpt_lib.Checkpoints) -> TrainStat
   return state
 
 
-def _image_batches(exp: Experiment, images: Any, start: int):
-  """The global image batches from step `start` on, each process reading (ahead, in threads,
-  or in `data.workers` grain processes) its own slice of every batch; for a conditional run,
-  (images, labels) pairs, the labels those of the same rows (a function of the step too, so a
-  resumed run sees the same pairs)."""
-  batch_size = exp.config.train.batch_size
-  global_shape = (batch_size,) + exp.data_shape
-  conditional = exp.conditioning is not None
-  local = images.batches(start, batch_size, jax.process_index(), jax.process_count(),
-                         with_labels=conditional, workers=exp.config.data.get("workers", 0))
-
-  def to_global(x, shape):
-    return jax.make_array_from_process_local_data(exp.batch_sharding, x, shape)
-
-  if not conditional:
-    return local, (to_global(x, global_shape) for x in local)
-  return local, ((to_global(x, global_shape), to_global(y, (batch_size,))) for x, y in local)
-
-
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
   bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
   if bad:
@@ -615,10 +586,10 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
            ) -> tuple[TrainState, Optional[int]]:
   config = exp.config
   tc = config.train
-  toy = data_lib.toy_dataset(config) if data_lib.is_toy(config) else None
-  images = None if toy is not None else data_lib.image_dataset(config, "train")
   state = restore_or_init(exp, manager)
   start = int(state.step)
+  batches = exp.source.batches(start)  # opens the data (a missing dataset fails here)
+  stack.callback(batches.close)
   # The steps of the current logging window before the checkpoint, so that the first line
   # after a resume averages the same steps as an uninterrupted run's.
   stored = (manager.stored_metadata(start) or {}) if start else {}
@@ -628,7 +599,7 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   if jax.process_index() == 0:
     workdir_lib.record_config_changes(workdir, start, changes)
   write_run_files(exp, workdir, state, frozen)
-  step_fn = compile_step(exp, make_train_step(exp, toy, frozen), state)
+  step_fn = compile_step(exp, make_train_step(exp, frozen), state)
   log = _MetricsLog(workdir, start, config)
   stack.callback(log.close)
   evaluate_at = eval_steps(tc) if evaluators else frozenset()
@@ -637,9 +608,6 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   window_seconds, window_steps = 0.0, 0
   step = start
   stopped_by = None
-  reader, batches = (None, None) if toy is not None else _image_batches(exp, images, start)
-  if reader is not None:
-    stack.callback(reader.close)
   # Signals from here on only set a flag: the loop saves and stops, and the final save and
   # close (the stack's callbacks) are never cut short.
   stop.flag_only()
@@ -655,7 +623,7 @@ def _train(exp: Experiment, workdir: str, manager: ckpt_lib.Checkpoints,
   checkpoint_extra = lambda: {"metrics_window": window, **clock.metadata()}
   clock.start()
   while step < tc.num_steps:
-    batch = None if toy is not None else next(batches)
+    batch = next(batches)
     profile.before(step)
     state, metrics = step_fn.run(state, batch)
     step += 1

@@ -57,13 +57,13 @@ def test_objectives_cost_no_more_passes_than_their_floor():
   and the program we emit rather than what XLA makes of it; the two counts differ by at most
   0.12 passes per off-diagonal row here (`benchmark.lowered_flops`), inside the 0.3 margin."""
   width, batch = 256, 512  # matmuls dominate the count (not elementwise or optimiser work)
-  fm = benchmark.lowered_flops(_config("flow_matching", batch, width), batch)
+  fm = benchmark.lowered_flops(_config("flow_matching", batch, width))
   forward = benchmark.forward_flops(_config("flow_matching", batch, width), batch)
   assert 2.9 < fm / forward < 3.2
   for variant, placement, floor in FLOORS:
     config = _config(variant, batch, width, stop_gradient=placement)
     eta = config.objective.diagonal_fraction
-    passes = (benchmark.lowered_flops(config, batch) - eta * fm) / ((1 - eta) * forward)
+    passes = (benchmark.lowered_flops(config) - eta * fm) / ((1 - eta) * forward)
     # sCM's learned weight head (a small MLP on the times) adds ~0.1 pass at this width.
     assert passes < floor + 0.3, (variant, placement, passes)
 

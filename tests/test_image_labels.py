@@ -72,27 +72,21 @@ def test_unlabelled_source_refuses_labels():
 def cifar_dir(tmp_path_factory):
   """A tfds directory holding a stand-in `cifar10` of 12 + 4 examples (array_record), written by
   the real builder's class with only its example generator replaced (as `test_images.py`)."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
+  from flow_maps.data import stand_in
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   labels = {}
 
-  class StandInCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      return {"train": self._examples("train", 12), "test": self._examples("test", 4)}
-
-    def _examples(self, split, n):
-      rng = np.random.RandomState(len(split))
-      for i in range(n):
-        image = rng.randint(0, 256, (32, 32, 3)).astype(np.uint8)
-        image[0, 0, 0] = i  # the example's index, to read it back
-        labels[(split, i)] = (7 * i + 3) % 10
-        yield f"{split}{i}", {"id": f"{split}{i}", "image": image, "label": labels[(split, i)]}
+  def example(split, i, features):
+    del features
+    image = np.random.RandomState([len(split), i]).randint(0, 256, (32, 32, 3)).astype(np.uint8)
+    image[0, 0, 0] = i  # the example's index, to read it back
+    labels[(split, i)] = (7 * i + 3) % 10
+    return {"id": f"{split}{i}", "image": image, "label": labels[(split, i)]}
 
   with pytest.MonkeyPatch.context() as patch:
     block_network(patch)
-    StandInCifar10(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    stand_in.write_stand_in_tfds(data_dir, "cifar10", {"train": 12, "test": 4}, example)
   return data_dir, labels
 
 
@@ -278,22 +272,22 @@ def test_conditional_digits_train_steps_take_the_labels_and_give_finite_losses(o
   dataset = data_lib.image_dataset(config, "train")
   batch = config.train.batch_size
   # The batches are (images, labels) of the step's rows, from any start step (resume).
-  reader, batches = train._image_batches(exp, dataset, 3)
+  batches = exp.source.batches(3)
   x, y = next(batches)
   x_ref, y_ref = dataset.batch(3, batch, with_labels=True)
   assert y.shape == (batch,) and y.dtype == np.int32 and y.sharding == exp.batch_sharding
   np.testing.assert_array_equal(np.asarray(x), x_ref)
   np.testing.assert_array_equal(np.asarray(y), y_ref)
-  reader.close()
+  batches.close()
   state = train.init_state(exp)
   initial = np.asarray(state.params["net"]["emb_label"]["weight"])  # the step donates the state
   step = train.make_train_step(exp)
-  reader, batches = train._image_batches(exp, dataset, 0)
+  batches = exp.source.batches(0)
   metrics = []
   for _ in range(3):
     state, m = step(state, next(batches))
     metrics.append(jax.device_get(m))
-  reader.close()
+  batches.close()
   assert int(state.step) == 3  # every step was finite, so every one updated the state
   for m in metrics:
     assert all(np.isfinite(v) for v in m.values()), m

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import block_network
 
-from flow_maps.data import images
+from flow_maps.data import images, stand_in
 
 CIFAR_SPLITS = {"train": 20, "test": 6}
 CELEBA_SPLITS = {"train": 6, "validation": 2, "test": 2}
@@ -141,48 +141,28 @@ def _smooth_image(shape, phase):
 def tfds_dir(tmp_path_factory):
   """A tfds data directory holding stand-in `cifar10` and `celeb_a` (array_record), written by the
   real builders' classes with only their example generators replaced: no network."""
-  tfds = pytest.importorskip("tensorflow_datasets")
+  pytest.importorskip("tensorflow_datasets")
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   originals = {"cifar10": {}, "celeb_a": {}}
 
-  class StandInCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
+  def cifar10(split, i, features):
+    del features
+    image = np.random.RandomState([len(split), i]).randint(0, 256, (32, 32, 3)).astype(np.uint8)
+    originals["cifar10"][(split, i)] = image
+    return {"id": f"{split}{i}", "image": image, "label": i % 10}
 
-    def _split_generators(self, dl_manager):
-      return {split: self._examples(split, n) for split, n in CIFAR_SPLITS.items()}
-
-    def _examples(self, split, n):
-      rng = np.random.RandomState(len(split))
-      for i in range(n):
-        image = rng.randint(0, 256, (32, 32, 3)).astype(np.uint8)
-        originals["cifar10"][(split, i)] = image
-        yield f"{split}{i}", {"id": f"{split}{i}", "image": image, "label": i % 10}
-
-  celeb_a = tfds.builder_cls("celeb_a")
-
-  class StandInCelebA(celeb_a, skip_registration=True):
-    name = "celeb_a"
-
-    def _split_generators(self, dl_manager):
-      return {split: self._examples(split, n) for split, n in CELEBA_SPLITS.items()}
-
-    def _examples(self, split, n):
-      features = self.info.features
-      for i in range(n):
-        key = len(originals["celeb_a"])
-        image = _smooth_image((218, 178, 3), phase=key / 7)
-        originals["celeb_a"][key] = image
-        yield key, {
-            "image": image,
-            "landmarks": {k: 0 for k in features["landmarks"].keys()},
+  def celeb_a(split, i, features):
+    key = len(originals["celeb_a"])
+    image = _smooth_image((218, 178, 3), phase=key / 7)
+    originals["celeb_a"][key] = image
+    return {"image": image, "landmarks": {k: 0 for k in features["landmarks"].keys()},
             "attributes": {k: False for k in features["attributes"].keys()},
-            "identity": {"Identity_No": key},
-        }
+            "identity": {"Identity_No": key}}
 
   with pytest.MonkeyPatch.context() as patch:
     block_network(patch)
-    for builder in (StandInCifar10, StandInCelebA):
-      builder(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    stand_in.write_stand_in_tfds(data_dir, "cifar10", CIFAR_SPLITS, cifar10)
+    stand_in.write_stand_in_tfds(data_dir, "celeb_a", CELEBA_SPLITS, celeb_a)
   return data_dir, originals
 
 
@@ -263,16 +243,11 @@ def test_one_worker_reads_celeba_preprocessing_the_same(tfds_dir, offline):
 
 
 def test_tfds_dataset_in_a_sequential_format_gives_the_conversion_advice(tmp_path, offline):
-  tfds = pytest.importorskip("tensorflow_datasets")
-
-  class TFRecordCifar10(tfds.builder_cls("cifar10"), skip_registration=True):
-    name = "cifar10"
-
-    def _split_generators(self, dl_manager):
-      image = np.zeros((32, 32, 3), np.uint8)
-      return {"train": ((i, {"id": str(i), "image": image, "label": 0}) for i in range(2))}
-
-  TFRecordCifar10(data_dir=str(tmp_path), file_format="tfrecord").download_and_prepare()
+  pytest.importorskip("tensorflow_datasets")
+  stand_in.write_stand_in_tfds(
+      str(tmp_path), "cifar10", {"train": 2},
+      lambda split, i, _: {"id": str(i), "image": np.zeros((32, 32, 3), np.uint8), "label": 0},
+      file_format="tfrecord")
   with pytest.raises(images.DatasetNotFoundError, match="random-access format"):
     images.get_image_dataset("cifar10", data_dir=str(tmp_path))
 
@@ -295,21 +270,21 @@ def test_data_workers_is_validated():
 
 
 def test_the_training_loop_reads_with_the_configured_workers(offline):
-  """`train._image_batches` (the loop's reader, global arrays included) with data.workers=1
-  from a resumed step gives the in-process reader's arrays. No train step is compiled."""
+  """The loop's batches (`exp.source.batches`, global arrays included) with data.workers=1
+  from a resumed step are the in-process reader's arrays. No train step is compiled."""
   pytest.importorskip("grain")
   import jax
-  from flow_maps import config_defaults, data as data_lib, train
+  from flow_maps import config_defaults, train
   got = {}
   for workers in (0, 1):
     config = config_defaults.digits("smoke")
     config.data.workers = workers
     exp = train.build_experiment(config)
-    local, batches = train._image_batches(exp, data_lib.image_dataset(config), 5)
+    batches = exp.source.batches(5)
     try:
       got[workers] = [np.asarray(jax.device_get(next(batches))) for _ in range(3)]
     finally:
-      local.close()
+      batches.close()
   assert got[0][0].shape == (config.train.batch_size,) + exp.data_shape
   for a, b in zip(got[0], got[1]):
     np.testing.assert_array_equal(a, b)

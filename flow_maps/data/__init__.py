@@ -1,6 +1,7 @@
 """Data sources.
 
-Two kinds, one per family:
+Two kinds, one per family, behind one interface (`sources.BatchSource`, built by
+`batch_source`), so the train step and the loop do not ask which:
   - toy data (2-D: `toy2d.py`; a d-D Gaussian mixture: `mixture_nd.py`) is drawn in JAX from
     the step's key inside the train step, so a resumed or multi-device run needs no pipeline
     state at all;
@@ -10,7 +11,12 @@ Two kinds, one per family:
 
 from __future__ import annotations
 
+import functools
+
 import ml_collections
+from jax.sharding import NamedSharding
+
+from flow_maps.data.sources import BatchSource, ImageSource, ToySource
 
 TOY_2D = ("checkerboard", "gaussian_mixture")
 TOY_DATASETS = TOY_2D + ("mixture_nd",)  # mixture_nd: d-D, `mixture_nd.py`
@@ -53,6 +59,18 @@ def image_dataset(config: ml_collections.ConfigDict, split: str = "train"):
   from flow_maps.data import images
   return images.get_image_dataset(config.data.name, split, data_dir=config.data.get("data_dir"),
                                   seed=config.seed)
+
+
+def batch_source(config: ml_collections.ConfigDict, sharding: NamedSharding) -> BatchSource:
+  """The train step's data for `config`: global batches of train.batch_size, split along
+  `sharding` (the mesh's data axis); labelled if data.conditional. Loads no data (an image
+  source opens its dataset when its batches are asked for)."""
+  labelled = bool(config.data.get("conditional", False))
+  batch_size = config.train.batch_size
+  if is_toy(config):
+    return ToySource(toy_dataset(config), batch_size, labelled)
+  return ImageSource(functools.partial(image_dataset, config, "train"), batch_size,
+                     data_shape(config), sharding, labelled, config.data.get("workers", 0))
 
 
 def data_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:

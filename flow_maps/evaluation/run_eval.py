@@ -87,6 +87,14 @@ def load(config, workdir: str, allow_config_change: tuple[str, ...] = ()
   return exp, state
 
 
+def check_ready(config) -> None:
+  """Fails fast, before any training, when an evaluation of `config` could not run: the files
+  image FID needs (`image_eval.check_ready`); toy data needs none."""
+  if not data_lib.is_toy(config):
+    from flow_maps.evaluation import image_eval
+    image_eval.check_ready(config)
+
+
 def _eval_key(config) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_SALT)
 
@@ -259,8 +267,8 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
     v = exp.model.bind(params)
     sampler = sampling.map_sampler(config.eval.sampler, exp.interpolant)
     for n in config.sample.steps:
-      noise = exp.interpolant.sigma0 * jax.random.normal(
-          _eval_key(config), (config.sample.num_samples,) + exp.data_shape)
+      noise = sampling.noise(_eval_key(config), config.sample.num_samples, exp.data_shape,
+                             exp.interpolant.sigma0)
       x = sampler(v, noise, n, jax.random.fold_in(_eval_key(config), 1))
       np.save(os.path.join(out, f"n{n}.npy"), np.asarray(x, np.float32))
   elif exp.conditioning is not None:
