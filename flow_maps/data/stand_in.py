@@ -20,6 +20,10 @@ def write_stand_in_tfds(data_dir: str, name: str, splits: dict[str, int],
   import tensorflow_datasets as tfds
 
   class StandIn(tfds.builder_cls(name), skip_registration=True):
+    # No checksums file to look for: the builder is defined here, not in tfds' tree (tfds would
+    # otherwise resolve this module's package path through importlib_resources).
+    code_path = None
+
     def _split_generators(self, dl_manager):
       del dl_manager
       return {split: self._examples(split, n) for split, n in splits.items()}
