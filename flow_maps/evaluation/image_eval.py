@@ -14,8 +14,8 @@ Conditional runs (`docs/method.md` §9): the same FIDs for every guidance scale 
 training split) from one draw of noise and labels shared by every w and N; the map's at w when
 guidance is learned (one call per step), else at w = 1 only, by `eval.sampler` (the flow map, or
 the consistency sampler of single-time maps, re-noised per sample from its global index as an
-unconditional run's), and the guided ODE's
-b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls per step) at every w. Samples
+unconditional run's), and the guided ODE's b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls
+per step) at every w. Samples
 (`--mode=sample`) are of `config.sample.label` (-1: every class in turn, one grid row per class)
 at each w of `config.sample.guidance`.
 
@@ -238,9 +238,9 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
   """A conditional run's FIDs per guidance scale w of eval.guidance (labels uniform over the
   classes; see the module docstring): {"guidance": {"<w>": {"fid": {N: ...}, "ode_fid":
   {N: ...}}}, "learned_guidance", "label": -1, "sampler": the map's (`eval.sampler`), and the
-  rest as `evaluate`}; "fid" is empty at
-  w != 1 without learned guidance (the map learned w = 1 only). The top level also has the
-  w = 1 row's "fid" and "ode_fid" when 1 is among the scales, as an unconditional result."""
+  rest as `evaluate`}; "fid" is empty at w != 1 without learned guidance (the map learned
+  w = 1 only). The top level also has the w = 1 row's "fid" and "ode_fid" when 1 is among the
+  scales, as an unconditional result."""
   from flow_maps.evaluation import fid
   reference, path = _reference(config, workdir, features)
   features = features or fid.feature_fn()
@@ -346,8 +346,8 @@ def class_rows(num_classes: int, count: int) -> np.ndarray:
 def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
   """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]) and, for every
   w of sample.guidance and N of sample.steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
-  the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1 ("all"): every class in turn
-  (`class_rows`), so the PNG has one row per class."""
+  the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1
+  ("all"): every class in turn (`class_rows`), so the PNG has one row per class."""
   count = config.sample.num_samples
   num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
   map_scale = exp.conditioning.map_scale
