@@ -55,8 +55,8 @@ def exact_class_maps(dataset: toy2d.GaussianMixture, interpolant):
 def test_exact_class_maps_sampled_by_consistency_keep_the_class_law(x64):
   """With the exact single-time map of each class: one consistency step is X_{0,1}(x0) to
   round-off; two steps re-noise, so the samples move, yet the samples of class 3 still have its
-  component's mean and covariance (Monte Carlo) and the exact samples' share nearest its mode. The flow map's two exact
-  steps compose to its one step (a check of the stand-in)."""
+  component's mean and covariance (Monte Carlo) and the exact samples' share nearest its mode.
+  The flow map's two exact steps compose to its one step (a check of the stand-in)."""
   ds = toy2d.GaussianMixture(std=0.25)
   ip = interpolants.get_interpolant("linear", 0.75)
   field = exact_class_maps(ds, ip)
@@ -166,7 +166,7 @@ def test_conditional_consistency_distillation_through_the_cli(tmp_path):
           "--config.eval.num_samples=300", "--config.eval.batch_size=300"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              TF_CPP_MIN_LOG_LEVEL="3")
-  r = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  r = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "map sampler consistency" in r.stdout and "consistency 2" in r.stdout
   result = json.loads((student / "eval" / "step_20_ema_0.9_n300.json").read_text())
