@@ -139,8 +139,12 @@ def _scales(field: str, values) -> None:
     _fail(field, f"must be a non-empty tuple of guidance scales, got {values!r}")
 
 
-def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
-  """Labels, label dropout and learned guidance (`docs/method.md` §9)."""
+def _conditioning(config, num_devices: int, objective: objectives.Objective) -> None:
+  """Labels, label dropout and learned guidance (`docs/method.md` §9). Any sampler of
+  `eval.sampler` serves a conditional map (the consistency sampler of single-time maps too);
+  what a single-time map cannot do is supply a velocity b = v_(t,t): it never trains its
+  diagonal."""
+  layout = objective.layout
   conditional = _require(config, "data.conditional")
   if not isinstance(conditional, bool):
     _fail("data.conditional", f"must be True or False, got {conditional!r}")
@@ -150,9 +154,6 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
   _number(config, "data.label_dropout", low=0.0)
   if config.data.label_dropout >= 1.0:
     _fail("data.label_dropout", f"must be < 1, got {config.data.label_dropout!r}")
-  if conditional and config.eval.get("sampler", "flow_map") != "flow_map":
-    _fail("data.conditional", "conditional runs are evaluated and sampled with the flow map; "
-          f"eval.sampler={config.eval.sampler!r} (the single-time presets) is not built for them")
   learned = _require(config, "guidance.learned")
   if not isinstance(learned, bool):
     _fail("guidance.learned", f"must be True or False, got {learned!r}")
@@ -184,6 +185,11 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
     except ValueError as e:
       _fail("guidance.fraction", str(e))
     per_device_diagonal = layout.counts(config.train.batch_size // num_devices)[0]
+    if not per_device_diagonal:
+      _fail("guidance.learned", "self-distilled guidance is learned on the diagonal rows, from "
+            "the network's own diagonal, and this objective has none (objective.diagonal_fraction="
+            f"{config.objective.diagonal_fraction}, times={config.objective.times!r}); a "
+            "single-time map learns guidance by distillation (objective.velocity='pretrained')")
     if per_device_diagonal % period:
       _fail("guidance.fraction", f"{config.guidance.fraction} of the {per_device_diagonal} "
             f"diagonal rows per device is not whole: they must be a multiple of {period}")
@@ -205,6 +211,10 @@ def _conditioning(config, num_devices: int, layout: times.Layout) -> None:
       _fail("guidance.fixed_omega", "MeanFlow's fixed guidance changes the conditional-velocity "
             "target: it needs objective.velocity='conditional' with the eulerian or diagonal "
             f"residual, got {config.objective.velocity!r} with {config.objective.residual!r}")
+    if objective.times.single_time:
+      _fail("guidance.fixed_omega", "MeanFlow's fixed guidance takes b(.|c) and b(.|null) from "
+            "the network's own diagonal v_(t,t), which a single-time map (times="
+            f"{config.objective.times!r}, trained to t = 1 only) never trains")
     if not 0.0 < config.data.label_dropout:
       _fail("data.label_dropout", "guidance needs the unconditional model: label_dropout > 0")
     map_scale = config.guidance.fixed_omega / (1.0 - config.guidance.fixed_kappa)
@@ -407,4 +417,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "sample.num_samples", low=1, integer=True)
   if "kl_bins" in config.eval:
     _number(config, "eval.kl_bins", low=1, integer=True)
-  _conditioning(config, num_devices, layout)
+  _conditioning(config, num_devices, objective)

@@ -287,8 +287,6 @@ def test_label_dropout_and_guidance_draws():
     ({"guidance.learned": False, "guidance.fixed_omega": 2.0, "sample.guidance": (2.0,)},
      "guidance.fixed_omega: MeanFlow's fixed guidance changes the conditional-velocity target"),
     ({"guidance.fixed_kappa": 0.5}, "guidance.fixed_kappa: needs guidance.fixed_omega > 0"),
-    ({"eval.sampler": "consistency"}, "data.conditional: conditional runs are evaluated and "
-                                      "sampled with the flow map"),
     ({"objective.velocity": "pretrained", "objective.residual": "lagrangian",
       "objective.pretrained": "/runs/teacher", "guidance.fraction": 0.25},
      "guidance.fraction: distillation regresses every diagonal row on the teacher's guided"),

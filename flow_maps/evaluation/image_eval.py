@@ -12,8 +12,10 @@ Inception network.
 Conditional runs (`docs/method.md` §9): the same FIDs for every guidance scale w of
 `config.eval.guidance`, with labels drawn uniformly over the classes (the reference is the whole
 training split) from one draw of noise and labels shared by every w and N; the map's at w when
-guidance is learned (one call per step), else at w = 1 only, and the guided ODE's
-b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls per step) at every w. Samples
+guidance is learned (one call per step), else at w = 1 only, by `eval.sampler` (the flow map, or
+the consistency sampler of single-time maps, re-noised per sample from its global index as an
+unconditional run's), and the guided ODE's b^w = b(.|null) + w (b(.|c) - b(.|null)) (two calls
+per step) at every w. Samples
 (`--mode=sample`) are of `config.sample.label` (-1: every class in turn, one grid row per class)
 at each w of `config.sample.guidance`.
 
@@ -235,9 +237,10 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
                     features: Optional[Callable] = None) -> dict:
   """A conditional run's FIDs per guidance scale w of eval.guidance (labels uniform over the
   classes; see the module docstring): {"guidance": {"<w>": {"fid": {N: ...}, "ode_fid":
-  {N: ...}}}, "learned_guidance", "label": -1, and the rest as `evaluate`}; "fid" is empty at
-  w != 1 without learned guidance (the map learned w = 1 only). The top level also has the
-  w = 1 row's "fid" and "ode_fid" when 1 is among the scales, as an unconditional result."""
+  {N: ...}}}, "learned_guidance", "label": -1, "sampler": the map's (`eval.sampler`), and the
+  rest as `evaluate`}; "fid" is empty at w != 1 without learned guidance (the map learned
+  w = 1 only). The top level also has the w = 1 row's "fid" and "ode_fid" when 1 is among the
+  scales, as an unconditional result."""
   from flow_maps.evaluation import fid
   reference, path = _reference(config, workdir, features)
   features = features or fid.feature_fn()
@@ -264,15 +267,18 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
   if "1" in result["guidance"]:
     result.update(result["guidance"]["1"])
   floor = reference.floor if reference.floor_count == count else None
-  result.update(label=-1, learned_guidance=learned, ode_sampler="heun", num_samples=count,
-                fid_reference=path, reference_count=reference.count, fid_floor=floor)
+  result.update(label=-1, learned_guidance=learned, sampler=exp.config.eval.sampler,
+                ode_sampler="heun", num_samples=count, fid_reference=path,
+                reference_count=reference.count, fid_floor=floor)
   return result
 
 
 def format_guided_table(result: dict) -> str:
   lines = [f"{'w':>5}  {'N':>4}  {'FID':>10}", f"{'-' * 5}  {'-' * 4}  {'-' * 10}"]
+  sampler = result.get("sampler", "flow_map")
   for w, row in result["guidance"].items():
-    lines += [f"{w:>5}  {n:>4}  {value:>10.3f}" for n, value in row["fid"].items()]
+    lines += [f"{w:>5}  {n:>4}  {value:>10.3f}  ({sampler}, {n} network calls)"
+              for n, value in row["fid"].items()]
     lines += [f"{w:>5}  {n:>4}  {value:>10.3f}  (guided Heun on v_tt, {4 * int(n)} network calls)"
               for n, value in row["ode_fid"].items()]
   if not result["learned_guidance"]:
@@ -340,8 +346,8 @@ def class_rows(num_classes: int, count: int) -> np.ndarray:
 def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
   """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]) and, for every
   w of sample.guidance and N of sample.steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
-  the 2-D path). sample.label = c: every sample of class c; -1 ("all"): every class in turn
-  (`class_rows`), so the PNG has one row per class."""
+  the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1
+  ("all"): every class in turn (`class_rows`), so the PNG has one row per class."""
   count = config.sample.num_samples
   num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance
   map_scale = exp.conditioning.map_scale

@@ -181,7 +181,8 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str,
     dataset = data_lib.toy_dataset(config)
     bind = lambda condition: exp.model.bind(params, condition=condition)
     guided = dict(learned=exp.conditioning.learned_guidance, scales=tuple(config.eval.guidance),
-                  label=config.eval.label, map_scale=exp.conditioning.map_scale)
+                  label=config.eval.label, map_scale=exp.conditioning.map_scale,
+                  sampler=config.eval.sampler)
     result = toy2d_eval.evaluate_guided(
         bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,

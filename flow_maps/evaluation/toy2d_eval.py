@@ -61,15 +61,20 @@ def flow_map_error(x: np.ndarray, x_ref: np.ndarray) -> float:
   return float(np.mean(np.sum((np.asarray(x) - np.asarray(x_ref))**2, axis=-1)))
 
 
-def map_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
-                sampler: str = "flow_map", interpolant: Optional[Interpolant] = None,
-                key: Optional[Array] = None) -> np.ndarray:
+def map_samples(v, x0: Array, steps: int, batch_size: int, sampler: str = "flow_map",
+                interpolant: Optional[Interpolant] = None, key: Optional[Array] = None,
+                labels: Optional[np.ndarray] = None) -> np.ndarray:
   """The N-step samples of the noise x0 [n, 2]: the flow map, or ('consistency') the
-  single-time map with re-noising drawn from `key` (`sampling.sample_consistency`)."""
+  single-time map with re-noising drawn from `key` (`sampling.sample_consistency`). With
+  `labels` [n], `v` is a conditional map, labels [b] -> velocity field (`_guided`), each row
+  bound to its own label."""
   fn = sampling.map_sampler(sampler, interpolant)
+  rows = () if labels is None else (labels,)
+  field = lambda *c: v(*c) if c else v
   if sampler == "flow_map":
-    return _batched(jax.jit(lambda x: fn(v, x, steps)), x0, batch_size)
-  return _batched(jax.jit(lambda x, k: fn(v, x, steps, k)), x0, batch_size, key)
+    return _batched(jax.jit(lambda x, *c: fn(field(*c), x, steps)), x0, batch_size, rows=rows)
+  return _batched(jax.jit(lambda x, k, *c: fn(field(*c), x, steps, k)), x0, batch_size, key,
+                  rows=rows)
 
 
 def ode_samples(v: fm.VelocityField, x0: Array, steps: int, batch_size: int,
@@ -171,18 +176,25 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
                     steps=(1, 2, 4, 8, 16),
                     ode_steps=(16,), num_samples: int = 100_000, batch_size: int = 10_000,
                     bins: int = kl_lib.DEFAULT_BINS, flow_map_error_samples: int = 10_000,
-                    ode_sampler: str = "heun") -> dict:
+                    ode_sampler: str = "heun", sampler: str = "flow_map") -> dict:
   """A conditional model per guidance scale w (`docs/method.md` §9), from one draw of noise
   and labels: for the N-step map at w and the guided ODE, the error against the exact guided
   map X^w_{0,1} (`references.guided_velocity`, solved per label), the fraction of samples whose
   class region (their component's mode, their cell) is their label's, and the KL against the
   data (which guidance is expected to move away from for w != 1).
 
+  The map rows use `sampler` (`map_samples`): the flow map, or the consistency sampler, whose
+  re-noising key is derived from `key` as in `evaluate` and shared by every w, so its samples at
+  N = 1 are the flow map's and a re-run gives the same numbers. At N >= 2 its samples are not a
+  function of x0 alone, so its "flow_map_error" is the distance to X^w_{0,1}(x0) of a sample
+  that also carries fresh noise (`docs/guidance.md`).
+
   Returns {"guidance": {"w": {"flow_map_error", "class_fraction", "kl", "ode_flow_map_error",
-  "ode_class_fraction", "ode_kl"}}, "label", ...}; the top level also has the w = 1 map's "kl"
-  and "flow_map_error" when 1 is among the scales, as unconditional results do.
+  "ode_class_fraction", "ode_kl"}}, "label", "sampler", ...}; the top level also has the w = 1
+  map's "kl" and "flow_map_error" when 1 is among the scales, as unconditional results do.
   """
   noise_key, floor_key = jax.random.split(key)
+  renoise_key = jax.random.fold_in(noise_key, 1)  # as `evaluate`'s
   x0 = np.asarray(sampling.noise(noise_key, num_samples, (2,), interpolant.sigma0))
   labels = sampling.sample_labels(dataset.num_classes, label, jax.random.fold_in(noise_key, 2),
                                   num_samples)
@@ -201,8 +213,8 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
     row = {"flow_map_error": {}, "class_fraction": {}, "kl": {}, "ode_flow_map_error": {},
            "ode_class_fraction": {}, "ode_kl": {}}
     for n_steps in steps if map_field is not None else ():
-      x = _batched(jax.jit(lambda x, c, n=n_steps: sampling.sample_flow_map(map_field(c), x, n)),
-                   x0, batch_size, rows=(labels,))
+      x = map_samples(map_field, x0, n_steps, batch_size, sampler, interpolant, renoise_key,
+                      labels)
       (row["flow_map_error"][str(n_steps)], row["class_fraction"][str(n_steps)],
        row["kl"][str(n_steps)]) = measures(x, x_ref)
     for n_steps in ode_steps:
@@ -216,21 +228,25 @@ def evaluate_guided(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Arra
     result["flow_map_error"] = result["guidance"]["1"]["flow_map_error"]
   result["kl_noise_floor"] = kl_lib.kl_noise_floor(dataset, num_samples, floor_key, bins)
   result.update(label=label, learned_guidance=learned, flow_map_error_samples=m,
-                ode_sampler=ode_sampler, num_samples=num_samples, bins=bins,
+                sampler=sampler, ode_sampler=ode_sampler, num_samples=num_samples, bins=bins,
                 dataset=dataset.name)
   return result
 
 
 def format_guided_table(result: dict) -> str:
-  """One row per (w, sampler): flow-map error against the exact guided map, class fraction, KL."""
+  """One row per (w, sampler): flow-map error against the exact guided map, class fraction, KL;
+  the map's rows are named by their sampler ("map": the flow map, "consistency")."""
   label = "every class" if result["label"] < 0 else f"class {result['label']}"
+  sampler = result.get("sampler", "flow_map")
   lines = [f"{result['dataset']} guided ({label}): {result['num_samples']} samples, map error "
-           f"on {result['flow_map_error_samples']}; KL floor {result['kl_noise_floor']:.4f}",
-           f"{'w':>5} {'sampler':>10} {'map error':>11} {'class frac':>10} {'KL':>8}"]
+           f"on {result['flow_map_error_samples']}; KL floor {result['kl_noise_floor']:.4f}; "
+           f"map sampler {sampler}",
+           f"{'w':>5} {'sampler':>14} {'map error':>11} {'class frac':>10} {'KL':>8}"]
   for w, row in result["guidance"].items():
-    for prefix, name in (("", "map"), ("ode_", result["ode_sampler"])):
+    for prefix, name in (("", "map" if sampler == "flow_map" else sampler),
+                         ("ode_", result["ode_sampler"])):
       for n, error in row[prefix + "flow_map_error"].items():
-        lines.append(f"{w:>5} {name + ' ' + n:>10} {error:11.3e} "
+        lines.append(f"{w:>5} {name + ' ' + n:>14} {error:11.3e} "
                      f"{row[prefix + 'class_fraction'][n]:10.3f} {row[prefix + 'kl'][n]:8.4f}")
   return "\n".join(lines)
 
@@ -238,20 +254,22 @@ def format_guided_table(result: dict) -> str:
 def guided_figure_samples(bind, dataset: Toy2D, interpolant: Interpolant, *, key: Array,
                           learned: bool, scales=(1.0,), label: int = -1,
                           map_scale: float = 1.0, steps=(1, 4),
-                          num_samples: int = 20_000, batch_size: int = 10_000) -> dict:
+                          num_samples: int = 20_000, batch_size: int = 10_000,
+                          sampler: str = "flow_map") -> dict:
   """{w: {N: map samples, "exact": the exact guided map's samples}} from one draw of noise and
-  labels, for `plot_guided`."""
+  labels, for `plot_guided`; the map's by `sampler`, re-noised (consistency) from
+  fold_in(key, 1) as in `figure_samples`."""
   x0 = np.asarray(sampling.noise(key, num_samples, (2,), interpolant.sigma0))
   labels = sampling.sample_labels(dataset.num_classes, label, jax.random.fold_in(key, 2),
                                   num_samples)
+  renoise_key = jax.random.fold_in(key, 1)
   out = {}
   for w in scales:
     map_field, _ = _guided(bind, dataset.num_classes, learned, w, map_scale)
     panels = {}
     for n in steps if map_field is not None else ():
-      panels[str(n)] = _batched(
-          jax.jit(lambda x, c, n=n: sampling.sample_flow_map(map_field(c), x, n)), x0,
-          batch_size, rows=(labels,))
+      panels[str(n)] = map_samples(map_field, x0, n, batch_size, sampler, interpolant,
+                                   renoise_key, labels)
     panels["exact"] = reference_samples(dataset, interpolant, x0, batch_size, labels, w)
     out[f"{w:g}"] = panels
   return out
@@ -287,11 +305,13 @@ def plot_guided(samples: dict, path: str, *, domain: Optional[Domain] = None, ti
 def write_guided_samples(bind, exp, config, out: str, *, key: Array) -> None:
   """A conditional 2-D run's samples: labels_<c|all>.npy (int32 [count]: sample.label, or
   uniform if -1) and n<N>_label_<c|all>_w<w>.npy (float32 [count, 2]) for every w of
-  sample.guidance and N of sample.steps, from one draw of noise."""
+  sample.guidance and N of sample.steps, from one draw of noise; by eval.sampler, re-noised
+  (consistency) from fold_in(key, 1) as an unconditional run's samples are."""
   count, cond = config.sample.num_samples, exp.conditioning
   noise = exp.interpolant.sigma0 * jax.random.normal(key, (count,) + exp.data_shape)
   labels = sampling.sample_labels(cond.num_classes, config.sample.label,
                                   jax.random.fold_in(key, 2), count)
+  sampler = sampling.map_sampler(config.eval.sampler, exp.interpolant)
   which = "all" if config.sample.label < 0 else str(config.sample.label)
   np.save(os.path.join(out, f"labels_{which}.npy"), labels)
   for w in config.sample.guidance:
@@ -300,7 +320,7 @@ def write_guided_samples(bind, exp, config, out: str, *, key: Array) -> None:
       raise ValueError(f"sample.guidance: the map learned w = {cond.map_scale:g} only "
                        f"(guidance.learned is False), got {w:g}")
     for n in config.sample.steps:
-      x = sampling.sample_flow_map(map_field(jnp.asarray(labels)), noise, n)
+      x = sampler(map_field(jnp.asarray(labels)), noise, n, jax.random.fold_in(key, 1))
       np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))
 
 
