@@ -14,8 +14,9 @@ import jax.numpy as jnp
 Array = jnp.ndarray
 
 
-def noise(key: jax.Array, shape: tuple[int, ...], sigma0: float, dtype=jnp.float32) -> Array:
-  """x0 ~ N(0, sigma0^2 I) of `shape` (`docs/method.md` §1)."""
+def noise(key: jax.Array, shape: tuple[int, ...], sigma0: float, dtype=None) -> Array:
+  """x0 ~ N(0, sigma0^2 I) of `shape` (`docs/method.md` §1); dtype None: JAX's default float
+  (float64 where x64 is enabled, as the evaluations' references run)."""
   return sigma0 * jax.random.normal(key, shape, dtype)
 
 
@@ -40,7 +41,7 @@ class Interpolant:
   noise_ratio_time: Callable[[Array, float], Array]
   sigma0: float = 1.0
 
-  def noise(self, key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+  def noise(self, key: jax.Array, shape: tuple[int, ...], dtype=None) -> Array:
     """x0 ~ N(0, sigma0^2 I) of `shape`: the one draw of the noise end (training, sampling)."""
     return noise(key, shape, self.sigma0, dtype)
 
