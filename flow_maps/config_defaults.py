@@ -221,7 +221,7 @@ def common() -> ml_collections.ConfigDict:
   # flow_map: x_{k+1} = X_{t_k, t_{k+1}}(x_k); consistency: the single-time map X_{t_k, 1}, then
   # fresh noise back to t_{k+1} (consistency models' multistep sampling, `sampling.py`).
   c.eval.sampler = "flow_map"
-  c.eval.steps = (1, 2, 4, 8, 16)  # numbers of flow-map steps
+  c.eval.sampling_steps = (1, 2, 4, 8, 16)  # numbers of flow-map steps
   c.eval.num_samples = 100_000
   c.eval.batch_size = 10_000
   # Conditional runs: the class to generate (-1: every class, labels drawn uniformly) and the
@@ -231,7 +231,7 @@ def common() -> ml_collections.ConfigDict:
   c.eval.guidance = (1.0,)
 
   c.sample = ml_collections.ConfigDict()
-  c.sample.steps = (1, 2, 4, 8, 16)
+  c.sample.sampling_steps = (1, 2, 4, 8, 16)
   c.sample.num_samples = 10_000
   # A class c, or -1: every class (2-D: drawn uniformly; images: in turn, one grid row per class).
   c.sample.label = -1
@@ -447,7 +447,7 @@ def mixture_nd(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data.dim = 4
     c.eval.num_samples = 256
     c.eval.batch_size = 256
-    c.eval.steps = (1, 2)
+    c.eval.sampling_steps = (1, 2)
     c.eval.ode_steps = (2,)
     c.eval.lipschitz_times = 4
     c.eval.lipschitz_samples = 16
@@ -531,10 +531,10 @@ def _image_variant(c: ml_collections.ConfigDict, variant: str) -> ml_collections
     c.train.checkpoint_every = 2
     c.train.ema_decays = (0.9,)
     c.eval.params = "ema_0.9"
-    c.eval.steps = (1, 2)
+    c.eval.sampling_steps = (1, 2)
     c.eval.num_samples = 16
     c.eval.batch_size = 8
-    c.sample.steps = (1, 2)
+    c.sample.sampling_steps = (1, 2)
     c.sample.num_samples = 8
   return c
 

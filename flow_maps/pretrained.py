@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from flow_maps import checkpoints, config_defaults, networks, objectives, validation
+from flow_maps import workdir as workdir_lib
 from flow_maps import data as data_lib
 from flow_maps.flow_map import FlowMapModel, VelocityField
 
@@ -66,7 +67,7 @@ def load(config: ml_collections.ConfigDict, data_shape: tuple[int, ...]) -> Pret
     _error(f"{workdir!r} is not a run's workdir (no config.json there)")
   try:
     with open(config_path) as f:
-      stored = json.load(f)
+      stored = workdir_lib.upgrade_config(json.load(f))
     # Over today's defaults: a run written before a field existed (one that does not concern
     # its network) is still a usable teacher; everything the run did store is kept as stored.
     teacher_config = config_defaults.common()

@@ -406,7 +406,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
           f"the per-device batch {per_device} ({batch} over {num_devices} devices) must be a "
           f"multiple of {layout.period} so that the diagonal fraction "
           f"{config.objective.diagonal_fraction} holds on every device")
-  for field in ("eval.steps", "sample.steps"):
+  for field in ("eval.sampling_steps", "sample.sampling_steps"):
     _step_counts(field, _require(config, field), allow_empty=False)
   _step_counts("eval.ode_steps", config.eval.get("ode_steps", ()), allow_empty=True)
   _number(config, "eval.num_samples", low=1, integer=True)

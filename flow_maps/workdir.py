@@ -203,13 +203,31 @@ def config_as_json(config) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+# Config fields renamed since runs were written: old name -> new name. A stored config is read
+# under today's names, so that an older run resumes, evaluates and teaches as it did.
+RENAMED = {"eval.steps": "eval.sampling_steps", "sample.steps": "sample.sampling_steps"}
+
+
+def upgrade_config(stored: dict) -> dict:
+  """A stored config (nested dict) with the fields of `RENAMED` under their new names."""
+  out = json.loads(json.dumps(stored))
+  for old, new in RENAMED.items():
+    section, name = old.split(".")
+    if isinstance(out.get(section), dict) and name in out[section]:
+      value = out[section].pop(name)
+      new_section, new_name = new.split(".")
+      out.setdefault(new_section, {}).setdefault(new_name, value)
+  return out
+
+
 def stored_config(workdir: str) -> Optional[dict]:
+  """DIR/config.json under today's field names (`RENAMED`), or None if there is none."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return None
   try:
     with open(path) as f:
-      return json.load(f)
+      return upgrade_config(json.load(f))
   except (OSError, ValueError) as e:
     raise WorkdirError(f"{path} is unreadable ({e}); it records the run's config: restore it, "
                        "or delete it to resume without the comparison") from None

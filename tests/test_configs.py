@@ -81,7 +81,7 @@ def test_image_configs_carry_the_published_settings(name, preset, objective):
   assert config.optim.decay_start == 35_000 and config.train.num_steps == 400_000
   assert config.train.batch_size == 512 and tuple(config.train.ema_decays) == (0.999, 0.9999)
   assert config.eval.params == "ema_0.9999" and config.eval.num_samples == 50_000
-  assert tuple(config.eval.steps) == (1, 2, 4, 8, 16)
+  assert tuple(config.eval.sampling_steps) == (1, 2, 4, 8, 16)
   assert config.model.compute_dtype == ("bfloat16" if name == "celeba" else "float32")
   assert config.data.name == ("celeba64" if name == "celeba" else "cifar10")
 

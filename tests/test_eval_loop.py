@@ -108,7 +108,7 @@ def cli(workdir, *overrides, mode):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   args = [sys.executable, "-m", "flow_maps.main",
           f"--config={ROOT}/configs/checkerboard_lsd.py:smoke", f"--workdir={workdir}",
-          f"--mode={mode}", "--config.eval.steps=(1,2)", "--config.eval.num_samples=1000",
+          f"--mode={mode}", "--config.eval.sampling_steps=(1,2)", "--config.eval.num_samples=1000",
           *overrides]
   return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 

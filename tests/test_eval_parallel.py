@@ -114,14 +114,14 @@ def _main(workdir: str) -> None:
     # Whole layout periods on each of 4 devices (and whole guided rows, conditional).
     config.train.batch_size = 32
     config.eval.num_samples, config.eval.batch_size = NUM_SAMPLES, BATCH
-    config.eval.steps, config.eval.ode_steps = (1, 2), (1,)
+    config.eval.sampling_steps, config.eval.ode_steps = (1, 2), (1,)
     if run == "consistency":
       config.eval.sampler = "consistency"
-      config.eval.steps, config.eval.ode_steps = (2,), ()
+      config.eval.sampling_steps, config.eval.ode_steps = (2,), ()
     if run == "conditional":
       config.data.conditional = True
       config.guidance.learned = True
-      config.eval.steps, config.eval.ode_steps, config.eval.guidance = (2,), (1,), (1.0, 2.0)
+      config.eval.sampling_steps, config.eval.ode_steps, config.eval.guidance = (2,), (1,), (1.0, 2.0)
     base = train.build_experiment(config)
     for mesh in meshes:
       exp = dataclasses.replace(base, mesh=mesh)

@@ -335,7 +335,7 @@ def test_guided_training_approaches_the_exact_guided_maps(tmp_path):
     assert fractions[0] < fractions[1] < fractions[2], fractions
     assert fractions[2] > 0.9
 
-  c.sample.label, c.sample.steps, c.sample.guidance = 2, (1,), (0.0, 4.0)
+  c.sample.label, c.sample.sampling_steps, c.sample.guidance = 2, (1,), (0.0, 4.0)
   out = run_eval.sample(c, str(tmp_path))
   assert sorted(os.listdir(out)) == ["labels_2.npy", "n1_label_2_w0.npy", "n1_label_2_w4.npy"]
   x4 = np.load(os.path.join(out, "n1_label_2_w4.npy"))

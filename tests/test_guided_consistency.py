@@ -162,7 +162,7 @@ def test_conditional_consistency_distillation_through_the_cli(tmp_path):
                 "guidance=learned,variant=smoke")
   args = [sys.executable, "-m", "flow_maps.main", config_arg, f"--workdir={student}",
           "--mode=train_and_eval", f"--config.objective.pretrained={teacher}",
-          "--config.eval.steps=(1,2)", "--config.eval.guidance=(0.0,4.0)",
+          "--config.eval.sampling_steps=(1,2)", "--config.eval.guidance=(0.0,4.0)",
           "--config.eval.num_samples=300", "--config.eval.batch_size=300"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              TF_CPP_MIN_LOG_LEVEL="3")
@@ -180,7 +180,7 @@ def test_conditional_consistency_distillation_through_the_cli(tmp_path):
   from flow_maps.evaluation import run_eval
   c = ring_config("preset=consistency_distillation,guidance=learned,variant=smoke")
   c.objective.pretrained = str(teacher)
-  c.sample.label, c.sample.steps, c.sample.guidance = 5, (1, 2), (0.0, 4.0)
+  c.sample.label, c.sample.sampling_steps, c.sample.guidance = 5, (1, 2), (0.0, 4.0)
   out = run_eval.sample(c, str(student))
   assert sorted(os.listdir(out)) == ["labels_5.npy"] + [f"n{n}_label_5_w{w}.npy"
                                                          for n in (1, 2) for w in (0, 4)]
@@ -200,9 +200,9 @@ def _digits_config():
   c.model.model_channels, c.model.channel_mult, c.model.attn_resolutions = 8, (1,), ()
   c.data.conditional, c.data.label_dropout = True, 0.25
   c.guidance.learned, c.guidance.fraction = True, 0.5
-  c.eval.guidance, c.eval.steps, c.eval.ode_steps = (1.0, 3.0), (1, 2), ()
+  c.eval.guidance, c.eval.sampling_steps, c.eval.ode_steps = (1.0, 3.0), (1, 2), ()
   c.eval.num_samples, c.eval.batch_size = 12, 6
-  c.sample.guidance, c.sample.label, c.sample.num_samples, c.sample.steps = (2.5,), 7, 4, (1, 2)
+  c.sample.guidance, c.sample.label, c.sample.num_samples, c.sample.sampling_steps = (2.5,), 7, 4, (1, 2)
   return c
 
 

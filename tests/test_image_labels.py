@@ -345,7 +345,7 @@ def test_eval_of_a_conditional_image_run_scores_every_guidance_scale(conditional
   monkeypatch.setattr(fid, "feature_fn", lambda *args, **kwargs: _stand_in_features)
   config = config.copy_and_resolve_references()
   config.eval.fid_stats = reference
-  config.eval.steps = (1,)
+  config.eval.sampling_steps = (1,)
   config.eval.ode_steps = (1,)
   result = run_eval.evaluate(config, workdir)
   stored = json.load(open(os.path.join(workdir, "eval",
@@ -370,7 +370,7 @@ def test_conditional_image_eval_without_learned_guidance_skips_the_map_at_w_othe
   config.guidance.learned = False
   config.sample.guidance = (1.0,)
   config.eval.guidance = (1.0, 3.0)
-  config.eval.steps = (1,)
+  config.eval.sampling_steps = (1,)
   config.eval.ode_steps = (1,)
   exp = train.build_experiment(config)
   reference = str(tmp_path / "reference.npz")

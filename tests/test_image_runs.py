@@ -103,7 +103,7 @@ def test_sample_mode_writes_npz_and_png_for_each_step_count(one_device_run):
   assert r.returncode == 0, r.stderr
   count = smoke_config().sample.num_samples
   out = one_device_run / "samples" / f"step_4_{smoke_config().eval.params}_n{count}"
-  for n in smoke_config().sample.steps:
+  for n in smoke_config().sample.sampling_steps:
     samples = np.load(out / f"n{n}.npz")["samples"]
     assert samples.shape == (count, 32, 32, 1) and samples.dtype == np.float32
     assert np.all(np.abs(samples) <= 1) and np.isfinite(samples).all()

@@ -40,7 +40,7 @@ def test_sample_and_eval_read_whole_checkpoints_of_a_live_run(tmp_path, capfd):
     config = module.get_config("smoke")
     config.train.num_steps, config.train.checkpoint_every = 3000, 5
     config.train.keep_checkpoints, config.train.log_every = 2, 5
-    config.sample.num_samples, config.sample.steps = 16, (1,)
+    config.sample.num_samples, config.sample.sampling_steps = 16, (1,)
     steps_read = []
     for _ in range(4):
       assert proc.poll() is None, "the run ended before the reads: make it longer"

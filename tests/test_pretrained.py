@@ -226,7 +226,7 @@ def test_guided_distillation_through_the_cli(conditional_teacher, tmp_path):
   CLI; the teacher is recorded in run_info.json."""
   student = tmp_path / "student"
   r = _cli("gaussian_mixture_lmd_guided", student,
-           f"--config.objective.pretrained={conditional_teacher}", "--config.eval.steps=(1,2)",
+           f"--config.objective.pretrained={conditional_teacher}", "--config.eval.sampling_steps=(1,2)",
            "--config.eval.guidance=(0.0,4.0)", "--config.eval.ode_steps=()",
            "--config.eval.num_samples=500", "--config.eval.batch_size=500",
            mode="train_and_eval")

@@ -62,7 +62,7 @@ def test_config_axis_names_and_constant_keys():
 def test_override_flags_round_trip():
   assert sweeps.format_override("seed", 3) == "--config.seed=3"
   assert sweeps.format_override("objective.name", "psd") == "--config.objective.name=psd"
-  assert sweeps.format_override("eval.steps", (1, 4)) == "--config.eval.steps=(1,4)"
+  assert sweeps.format_override("eval.sampling_steps", (1, 4)) == "--config.eval.sampling_steps=(1,4)"
   assert sweeps.format_override("train.ema_decays", (0.9,)) == "--config.train.ema_decays=(0.9,)"
   assert sweeps.format_override("model.learn_weight", True) == "--config.model.learn_weight=True"
 

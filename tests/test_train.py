@@ -112,7 +112,7 @@ def test_resume_after_clean_stop_is_bitwise_exact(tmp_path):
     ("train.num_steps", -1, "train.num_steps: must be >= 0"),
     ("train.batch_size", 250, "train.batch_size: the per-device batch 250"),
     ("train.ema_decays", (0.9, 1.0), "train.ema_decays: each decay must lie in (0, 1)"),
-    ("eval.steps", (1, 0), "eval.steps: must be a non-empty tuple"),
+    ("eval.sampling_steps", (1, 0), "eval.sampling_steps: must be a non-empty tuple"),
     ("eval.ode_steps", (4, 0), "eval.ode_steps: must be a tuple of step counts >= 1"),
 ])
 def test_bad_config_values_name_the_field(field, value, message):

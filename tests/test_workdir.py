@@ -67,3 +67,21 @@ def test_a_field_removed_since_is_refused(tmp_path):
   (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(stored))
   with pytest.raises(ConfigError, match=r"objective.old_knob 1 -> '<absent>'"):
     workdir.check_resume(str(tmp_path), config, ())
+
+
+def test_a_run_written_under_the_old_sampling_step_names_reads_under_the_new(tmp_path):
+  """eval.steps / sample.steps became eval.sampling_steps / sample.sampling_steps: a stored
+  config with the old names compares equal to today's (no change), and a different stored
+  value is still a change, named by the new field."""
+  config = _config()
+  stored = _store(tmp_path, config)
+  stored["eval"]["steps"] = stored["eval"].pop("sampling_steps")
+  stored["sample"]["steps"] = stored["sample"].pop("sampling_steps")
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(stored))
+  assert workdir.check_resume(str(tmp_path), config, ()) == []
+  upgraded = workdir.stored_config(str(tmp_path))
+  assert "steps" not in upgraded["eval"] and upgraded["eval"]["sampling_steps"] == [1, 2, 4, 8, 16]
+  stored["eval"]["steps"] = [1, 4]
+  (tmp_path / workdir.CONFIG_FILE).write_text(json.dumps(stored))
+  (change,) = workdir.check_resume(str(tmp_path), config, ())
+  assert (change.field, change.old) == ("eval.sampling_steps", [1, 4])

@@ -1,7 +1,7 @@
 """Image evaluation: FID of N-step samples, sample grids (`docs/method.md` §6).
 
 FID compares Inception pool3 statistics of `config.eval.num_samples` samples, for every N in
-`config.eval.steps`, with reference statistics of the training split: `config.eval.fid_stats`
+`config.eval.sampling_steps`, with reference statistics of the training split: `config.eval.fid_stats`
 if given (compute them with `experiments/fid_reference_stats.py`), otherwise computed once from
 the configured dataset and cached as DIR/eval/fid_reference.npz (the JSON names the file used).
 The reference holds the floor too (the FID of as many training images as samples, against the
@@ -224,7 +224,7 @@ def evaluate(v: fm.VelocityField, exp, config, *, key: jax.Array, workdir: str,
                        batch_size=config.eval.batch_size, key=key, ode=ode)
     return sample_fid(batches, config.eval.num_samples, reference, features)
 
-  scores = {str(n): score(n, ode=False) for n in config.eval.steps}
+  scores = {str(n): score(n, ode=False) for n in config.eval.sampling_steps}
   ode_scores = {str(n): score(n, ode=True) for n in config.eval.get("ode_steps", ())}
   # The floor is comparable only at the same sample size.
   floor = reference.floor if reference.floor_count == config.eval.num_samples else None
@@ -260,7 +260,7 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
   for w in config.eval.guidance:
     result["guidance"][f"{w:g}"] = {
         "fid": {str(n): score(map_field, n, False, w)
-                for n in (config.eval.steps if sampling.map_samples_at(learned, w, map_scale)
+                for n in (config.eval.sampling_steps if sampling.map_samples_at(learned, w, map_scale)
                           else ())},
         "ode_fid": {str(n): score(ode_field, n, True, w) for n in config.eval.get("ode_steps", ())},
     }
@@ -327,7 +327,7 @@ def write_samples(v: fm.VelocityField, exp, config, out: str, *, key: jax.Array)
   """n<N>.npz (float32 [count, H, W, C] in [-1, 1]) and n<N>.png for every N."""
   count = config.sample.num_samples
   scale = max(1, 256 // (exp.data_shape[0] * math.ceil(math.sqrt(count))))
-  for n in config.sample.steps:
+  for n in config.sample.sampling_steps:
     images = all_rows(generate(v, exp, steps=n, num_samples=count,
                                batch_size=min(count, config.eval.batch_size), key=key), count)
     if jax.process_index() != 0:
@@ -345,7 +345,7 @@ def class_rows(num_classes: int, count: int) -> np.ndarray:
 
 def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
   """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]) and, for every
-  w of sample.guidance and N of sample.steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
+  w of sample.guidance and N of sample.sampling_steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
   the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1
   ("all"): every class in turn (`class_rows`), so the PNG has one row per class."""
   count = config.sample.num_samples
@@ -365,7 +365,7 @@ def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Arra
       raise ValueError(f"sample.guidance: the map learned w = {map_scale:g} only "
                        f"(guidance.learned is "
                        f"False), got {w:g}")
-    for n in config.sample.steps:
+    for n in config.sample.sampling_steps:
       images = all_rows(generate(map_field, exp, steps=n, num_samples=count,
                                  batch_size=min(count, config.eval.batch_size), key=key,
                                  labels=labels, guidance=w), count)

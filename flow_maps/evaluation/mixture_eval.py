@@ -151,7 +151,7 @@ def evaluate_config(v: fm.VelocityField, dataset: MixtureND, interpolant: Interp
                     *, key: Array) -> dict:
   """`evaluate` with the settings of config.eval (`config_defaults.mixture_nd`)."""
   e = config.eval
-  return evaluate(v, dataset, interpolant, key=key, steps=tuple(e.steps),
+  return evaluate(v, dataset, interpolant, key=key, steps=tuple(e.sampling_steps),
                   ode_steps=tuple(e.ode_steps), ode_sampler=e.ode_sampler,
                   num_samples=e.num_samples,
                   batch_size=e.batch_size, sampler=e.sampler, lipschitz_times=e.lipschitz_times,

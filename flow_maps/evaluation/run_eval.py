@@ -184,7 +184,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str,
                   label=config.eval.label, map_scale=exp.conditioning.map_scale,
                   sampler=config.eval.sampler)
     result = toy2d_eval.evaluate_guided(
-        bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
+        bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.sampling_steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
         batch_size=config.eval.batch_size, bins=config.eval.kl_bins, **guided)
     table = toy2d_eval.format_guided_table(result)
@@ -205,12 +205,12 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str,
     dataset = data_lib.toy_dataset(config)
     v = exp.model.bind(params)
     result = toy2d_eval.evaluate(
-        v, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.steps),
+        v, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.sampling_steps),
         ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
         batch_size=config.eval.batch_size, bins=config.eval.kl_bins, sampler=config.eval.sampler)
     table = toy2d_eval.format_table(result)
     figure = toy2d_eval.figure_samples(v, dataset, exp.interpolant, key=_eval_key(config),
-                                       steps=tuple(config.eval.steps),
+                                       steps=tuple(config.eval.sampling_steps),
                                        sampler=config.eval.sampler)
     if jax.process_index() == 0:
       toy2d_eval.plot_samples(figure, np.asarray(dataset.sample(_eval_key(config), 20_000)),
@@ -252,7 +252,7 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str,
 
 def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> str:
   """Writes DIR/samples/step_<step>_<params>_n<num_samples>/ (`sample.num_samples`) for every
-  step count in config.sample.steps."""
+  step count in config.sample.sampling_steps."""
   exp, state = load(config, workdir, allow_config_change)
   step = int(state.step)
   params = exp.select_params(state, config.eval.params)
@@ -267,7 +267,7 @@ def sample(config, workdir: str, allow_config_change: tuple[str, ...] = ()) -> s
     from flow_maps import sampling
     v = exp.model.bind(params)
     sampler = sampling.map_sampler(config.eval.sampler, exp.interpolant)
-    for n in config.sample.steps:
+    for n in config.sample.sampling_steps:
       noise = sampling.noise(_eval_key(config), config.sample.num_samples, exp.data_shape,
                              exp.interpolant.sigma0)
       x = sampler(v, noise, n, jax.random.fold_in(_eval_key(config), 1))

@@ -305,7 +305,7 @@ def plot_guided(samples: dict, path: str, *, domain: Optional[Domain] = None, ti
 def write_guided_samples(bind, exp, config, out: str, *, key: Array) -> None:
   """A conditional 2-D run's samples: labels_<c|all>.npy (int32 [count]: sample.label, or
   uniform if -1) and n<N>_label_<c|all>_w<w>.npy (float32 [count, 2]) for every w of
-  sample.guidance and N of sample.steps, from one draw of noise; by eval.sampler, re-noised
+  sample.guidance and N of sample.sampling_steps, from one draw of noise; by eval.sampler, re-noised
   (consistency) from fold_in(key, 1) as an unconditional run's samples are."""
   count, cond = config.sample.num_samples, exp.conditioning
   noise = exp.interpolant.sigma0 * jax.random.normal(key, (count,) + exp.data_shape)
@@ -319,7 +319,7 @@ def write_guided_samples(bind, exp, config, out: str, *, key: Array) -> None:
     if map_field is None:
       raise ValueError(f"sample.guidance: the map learned w = {cond.map_scale:g} only "
                        f"(guidance.learned is False), got {w:g}")
-    for n in config.sample.steps:
+    for n in config.sample.sampling_steps:
       x = sampler(map_field(jnp.asarray(labels)), noise, n, jax.random.fold_in(key, 1))
       np.save(os.path.join(out, f"n{n}_label_{which}_w{w:g}.npy"), np.asarray(x, np.float32))
 
