@@ -1,19 +1,26 @@
 # Every target sets itself up: the virtual environment is created and the project installed
-# (with its test extras) when missing or when pyproject.toml is newer than the last install.
+# (the default install for `make demo`, plus the test extras for `make test`) when missing or when
+# pyproject.toml is newer than the last install.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The default install alone (no TensorFlow, torch or test tools): all `make demo` needs.
+DEFAULT_STAMP := $(VENV)/.installed-default
 XLA_DEVICES := --xla_force_host_platform_device_count=4
 DEMO_DIR ?= runs/demo
 TORCH_VERSION ?= 2.13.0
 CONSTRAINTS ?= constraints.txt
 
-.PHONY: test test-fast demo install clean
+.PHONY: test test-fast demo install install-default clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(DEFAULT_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e .
+	touch $(DEFAULT_STAMP)
+
+$(STAMP): $(DEFAULT_STAMP)
 	# constraints.txt: the exact versions this suite last passed with (CONSTRAINTS= to drop them).
 	$(PY) -m pip install --quiet $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[test]'
 	# The FID parity test compares our JAX Inception with the TorchScript FID network that ships
@@ -27,6 +34,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+install-default: $(DEFAULT_STAMP)
+
 # The whole suite. Multi-device tests start their own subprocesses with 4 CPU devices.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
@@ -36,7 +45,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" tests
 
 # A short checkerboard LSD training on this CPU, then evaluation (KL table) and a figure.
-demo: $(STAMP)
+demo: $(DEFAULT_STAMP)
 	$(PY) -m flow_maps.main --config=configs/checkerboard_lsd.py:demo --workdir=$(DEMO_DIR) --mode=train_and_eval
 
 clean:
