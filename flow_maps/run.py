@@ -66,8 +66,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, mode: str,
   try:
     if mode in ("eval", "train_and_eval") or (mode == "train" and
                                               _evaluates_while_training(config)):
+      # Before training: a long run must not end on a missing file.
+      validation.check_eval_files(config)
       from flow_maps.evaluation import run_eval
-      run_eval.check_ready(config)  # before training: a long run must not end on a missing file
+      run_eval.check_ready(config)
     if mode in ("train", "train_and_eval"):
       stopped_by = _train(config, workdir, allow_config_change)
       if stopped_by is not None:

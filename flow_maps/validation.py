@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from typing import Any, Iterable
 
 import ml_collections
@@ -418,3 +419,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   if "kl_bins" in config.eval:
     _number(config, "eval.kl_bins", low=1, integer=True)
   _conditioning(config, num_devices, objective)
+
+
+def check_eval_files(config) -> None:
+  """The files an evaluation of `config` reads that a config names must exist (image FID's
+  `eval.fid_stats`): checked before training, so that a long run does not end on one."""
+  path = config.eval.get("fid_stats")
+  if path is not None and not os.path.isfile(path):
+    _fail("eval.fid_stats", f"no file {path}; compute it with python "
+          f"experiments/fid_reference_stats.py --config=<this config> --out={path}, or leave "
+          "eval.fid_stats unset to compute the statistics into the workdir")

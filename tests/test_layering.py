@@ -95,3 +95,13 @@ def test_the_training_loop_does_not_reach_the_evaluation_layer():
       seen.add(m)
       todo.extend(graph[m])
   assert not {m for m in seen if m.startswith("flow_maps.evaluation")}
+
+
+def test_the_evaluation_layer_raises_no_config_errors():
+  """Configs are checked once, before anything runs (`validation.py`, called by run.py): no
+  module of flow_maps.evaluation imports the config check, so none can raise its errors."""
+  graph = import_graph()
+  offenders = sorted(m for m, deps in graph.items()
+                     if m.startswith(f"{PACKAGE}.evaluation") and f"{PACKAGE}.validation" in deps)
+  assert offenders == []
+  assert f"{PACKAGE}.validation" in graph[f"{PACKAGE}.run"]  # the finder sees such an import

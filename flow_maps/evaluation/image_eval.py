@@ -42,7 +42,6 @@ from PIL import Image
 from flow_maps import data as data_lib
 from flow_maps import flow_map as fm
 from flow_maps import sampling
-from flow_maps import validation
 
 
 def rows_per_call(exp, batch_size: int) -> int:
@@ -178,14 +177,9 @@ def reference_stats(config, cache_path: Optional[str] = None, batch_size: int = 
 
 def check_ready(config) -> None:
   """Fails fast (before any training of a train_and_eval run) when the FID cannot be computed:
-  eval.fid_stats names a missing file, or the Inception weights are not converted."""
+  the Inception weights are not converted (`fid.WeightsNotFoundError`). A missing
+  `eval.fid_stats` file is a config error, checked by `validation.check_eval_files`."""
   from flow_maps.evaluation import fid
-  path = config.eval.fid_stats
-  if path is not None and not os.path.isfile(path):
-    raise validation.ConfigError(
-        f"eval.fid_stats: no file {path}; compute it with python experiments/fid_reference_stats.py "
-        f"--config=<this config> --out={path}, or leave eval.fid_stats unset to compute the "
-        "statistics into the workdir")
   fid.check_weights()
 
 
