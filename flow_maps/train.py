@@ -47,6 +47,11 @@ class NonFiniteLossError(FloatingPointError):
 # --------------------------------------------------------------------------- the experiment
 
 
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Arrays split along their first (batch) axis over the mesh's data axis."""
+  return NamedSharding(mesh, P("data"))
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """Everything static a run is built from its config: built once, never mutated."""
@@ -70,7 +75,7 @@ class Experiment:
 
   @property
   def batch_sharding(self) -> NamedSharding:
-    return NamedSharding(self.mesh, P("data"))
+    return data_sharding(self.mesh)
 
   @property
   def ema_decays(self) -> tuple[float, ...]:
@@ -100,7 +105,6 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
   shape = data_lib.data_shape(config)
   network = networks.build_network(config, shape)
   opt_config = config.optim
-  batch_sharding = NamedSharding(mesh, P("data"))
   return Experiment(
       config=config,
       model=FlowMapModel(network.module),
@@ -113,7 +117,7 @@ def build_experiment(config: ml_collections.ConfigDict) -> Experiment:
                                                config.interpolant.sigma0),
       data_shape=shape,
       mesh=mesh,
-      source=data_lib.batch_source(config, batch_sharding),
+      source=data_lib.batch_source(config, data_sharding(mesh)),
       conditioning=objectives.conditioning_from_config(config, data_lib.num_classes(config)),
   )
 

@@ -357,8 +357,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
             f"{config.optim.decay_end}")
     if config.train.num_steps > config.optim.decay_end:
       _fail("optim.decay_end", f"the {config.optim.schedule} schedule is zero from step "
-            f"{config.optim.decay_end} on, but train.num_steps={config.train.num_steps} trains past "
-            "it: raise decay_end (a change of meaning) or lower num_steps")
+            f"{config.optim.decay_end} on, but train.num_steps={config.train.num_steps} trains "
+            "past it: raise decay_end (a change of meaning) or lower num_steps")
 
   _number(config, "train.num_steps", low=0, integer=True)
   _number(config, "train.batch_size", low=1, integer=True)

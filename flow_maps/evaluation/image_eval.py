@@ -1,8 +1,8 @@
 """Image evaluation: FID of N-step samples, sample grids (`docs/method.md` §6).
 
 FID compares Inception pool3 statistics of `config.eval.num_samples` samples, for every N in
-`config.eval.sampling_steps`, with reference statistics of the training split: `config.eval.fid_stats`
-if given (compute them with `experiments/fid_reference_stats.py`), otherwise computed once from
+`config.eval.sampling_steps`, with reference statistics of the training split:
+`config.eval.fid_stats` if given (compute them with `experiments/fid_reference_stats.py`), otherwise computed once from
 the configured dataset and cached as DIR/eval/fid_reference.npz (the JSON names the file used).
 The reference holds the floor too (the FID of as many training images as samples, against the
 whole split). `config.eval.ode_steps` adds the FID of Heun on the model's own velocity v_{t,t}, a
@@ -254,8 +254,8 @@ def evaluate_guided(bind: Callable, exp, config, *, key: jax.Array, workdir: str
   for w in config.eval.guidance:
     result["guidance"][f"{w:g}"] = {
         "fid": {str(n): score(map_field, n, False, w)
-                for n in (config.eval.sampling_steps if sampling.map_samples_at(learned, w, map_scale)
-                          else ())},
+                for n in (config.eval.sampling_steps
+                          if sampling.map_samples_at(learned, w, map_scale) else ())},
         "ode_fid": {str(n): score(ode_field, n, True, w) for n in config.eval.get("ode_steps", ())},
     }
   if "1" in result["guidance"]:
@@ -339,8 +339,8 @@ def class_rows(num_classes: int, count: int) -> np.ndarray:
 
 def write_guided_samples(bind: Callable, exp, config, out: str, *, key: jax.Array) -> None:
   """A conditional run's samples: labels_<c|all>.npy (the labels, int32 [count]) and, for every
-  w of sample.guidance and N of sample.sampling_steps, n<N>_label_<c|all>_w<w>.npz and .png (the names of
-  the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1
+  w of sample.guidance and N of sample.sampling_steps, n<N>_label_<c|all>_w<w>.npz and .png (the
+  names of the 2-D path), by eval.sampler (`generate`). sample.label = c: every sample of class c; -1
   ("all"): every class in turn (`class_rows`), so the PNG has one row per class."""
   count = config.sample.num_samples
   num_classes, learned = exp.conditioning.num_classes, exp.conditioning.learned_guidance

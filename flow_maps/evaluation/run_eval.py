@@ -184,8 +184,8 @@ def evaluate_state(exp: train.Experiment, state: train.TrainState, workdir: str,
                   label=config.eval.label, map_scale=exp.conditioning.map_scale,
                   sampler=config.eval.sampler)
     result = toy2d_eval.evaluate_guided(
-        bind, dataset, exp.interpolant, key=_eval_key(config), steps=tuple(config.eval.sampling_steps),
-        ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
+        bind, dataset, exp.interpolant, key=_eval_key(config),
+        steps=tuple(config.eval.sampling_steps), ode_steps=tuple(config.eval.ode_steps), num_samples=config.eval.num_samples,
         batch_size=config.eval.batch_size, bins=config.eval.kl_bins, **guided)
     table = toy2d_eval.format_guided_table(result)
     figure = toy2d_eval.guided_figure_samples(bind, dataset, exp.interpolant,
