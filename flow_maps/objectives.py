@@ -42,18 +42,20 @@ WEIGHTINGS = ("none", "learned", "adaptive")
 DISTANCES = ("l2", "pseudo_huber")
 DROPOUTS = ("diagonal", "all")
 
+# The two-time (s, t) laws every residual but iCT's admits.
+TWO_TIME_LAWS = ("triangle", "uniform_gap", "long_gap", "logit_normal", "dyadic")
 # What each residual admits (`docs/method.md` §8): the velocity driving its target, the
 # stop-gradient placements, the time distributions. The diagonal has no teacher to stop.
 ADMITS = {
     "diagonal": dict(velocity=("self", "pretrained"), stop_gradient=STOP_GRADIENTS,
-                     times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
+                     times=TWO_TIME_LAWS),
     "lagrangian": dict(velocity=("self", "pretrained"),
                        stop_gradient=("teacher", "full", "none", "derivatives"),
-                       times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
+                       times=TWO_TIME_LAWS),
     "eulerian": dict(velocity=VELOCITIES, stop_gradient=STOP_GRADIENTS,
-                     times=("triangle", "uniform_gap", "logit_normal", "dyadic", "fixed_end")),
+                     times=TWO_TIME_LAWS + ("fixed_end",)),
     "progressive": dict(velocity=("self", "pretrained"), stop_gradient=("teacher", "full", "none"),
-                        times=("triangle", "uniform_gap", "logit_normal", "dyadic")),
+                        times=TWO_TIME_LAWS),
     "discrete_eulerian": dict(velocity=("conditional",), stop_gradient=("teacher", "none"),
                               times=("ict_grid",)),
 }
@@ -549,7 +551,8 @@ def from_config(objective_config: Any, total_steps: int = 1) -> Objective:
       name=oc.times, psd_h=oc.psd_h, logit_normal_mean=oc.logit_normal_mean,
       logit_normal_std=oc.logit_normal_std, dyadic_levels=oc.dyadic_levels,
       noise_mean=oc.noise_mean, noise_std=oc.noise_std, ict_s0=oc.ict_s0, ict_s1=oc.ict_s1,
-      sigma_min=oc.sigma_min, sigma_max=oc.sigma_max, rho=oc.rho, total_steps=max(total_steps, 1))
+      sigma_min=oc.sigma_min, sigma_max=oc.sigma_max, rho=oc.rho, total_steps=max(total_steps, 1),
+      segment_fraction=oc.segment_fraction, segment_steps=tuple(oc.segment_steps))
   return Objective(
       residual=oc.residual, velocity=oc.velocity, stop_gradient=oc.stop_gradient, times=times,
       weighting=oc.weighting, diagonal_fraction=oc.diagonal_fraction, adaptive_p=oc.adaptive_p,

@@ -139,6 +139,30 @@ def sample_uniform_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
   return s, s + d
 
 
+def sample_long_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
+                    ) -> tuple[Array, Array]:
+  """(s, t) with the gap d = t - s of density 2 d / gap^2 on [0, gap] (d = gap sqrt(u)), then
+  s ~ U[0, 1 - d]: the triangle's law of d mirrored, P(d > 0.9) = 0.19."""
+  key_gap, key_s = jax.random.split(key)
+  d = jnp.sqrt(jax.random.uniform(key_gap, (n,), dtype)) * jnp.asarray(gap, dtype)
+  s = jax.random.uniform(key_s, (n,), dtype) * (1.0 - d)
+  return s, s + d
+
+
+def sample_segments(key: Array, n: int, steps: tuple[int, ...], gap: Array = 1.0,
+                    dtype=jnp.float32) -> tuple[Array, Array]:
+  """(s, t) inside one step of a few-step sampler: N drawn uniformly from `steps`, s = k / N with
+  k uniform in 0 .. N - 1, then t ~ U[s, s + min(1 / N, gap)]. The Lagrangian residual pins
+  X_{s, .} along t from s, so these rows train the whole path of each map the N-step sampler
+  calls, not only its end point (`docs/recipe.md`)."""
+  key_n, key_k, key_t = jax.random.split(key, 3)
+  num = jnp.asarray(steps, dtype)[jax.random.randint(key_n, (n,), 0, len(steps))]
+  k = jnp.floor(jax.random.uniform(key_k, (n,), dtype) * num)
+  s = jnp.minimum(k, num - 1.0) / num
+  d = jax.random.uniform(key_t, (n,), dtype) * jnp.minimum(1.0 / num, jnp.asarray(gap, dtype))
+  return s, jnp.minimum(s + d, 1.0)
+
+
 def sample_h(key: Array, n: int, psd_h: str, dtype=jnp.float32) -> Array:
   """PSD's split of [s, t]: 'uniform' (PSD-U, h ~ U(0, 1)) or 'midpoint' (PSD-M, h = 1/2)."""
   if psd_h == "uniform":
@@ -160,10 +184,10 @@ def sample_off_diagonal_times(key: Array, n: int, gap: Array = 1.0, psd_h: str =
 # distribution itself asks for (iCT's 1 / (sigma_{i+1} - sigma_i)), 1 elsewhere, and `t_target`
 # is the second time of a discrete pair (iCT), equal to t elsewhere.
 
-TIME_DISTRIBUTIONS = ("triangle", "uniform_gap", "logit_normal", "dyadic", "fixed_end",
+TIME_DISTRIBUTIONS = ("triangle", "uniform_gap", "long_gap", "logit_normal", "dyadic", "fixed_end",
                       "ict_grid")
 # The laws whose largest gap t - s can be annealed (`objective.anneal_steps`).
-ANNEALED = ("triangle", "uniform_gap")
+ANNEALED = ("triangle", "uniform_gap", "long_gap")
 
 
 def sample_logit_normal(key: Array, shape, mean: float, std: float, dtype=jnp.float32) -> Array:
@@ -257,6 +281,8 @@ class TimeDistribution:
   sigma_max: float = 80.0
   rho: float = 7.0
   total_steps: int = 1
+  segment_fraction: float = 0.0
+  segment_steps: tuple[int, ...] = (1, 2, 4)
 
   def __post_init__(self):
     if self.name not in TIME_DISTRIBUTIONS:
@@ -286,6 +312,8 @@ class TimeDistribution:
       s, t = sample_triangle(key_st, n, gap, dtype)
     elif self.name == "uniform_gap":
       s, t = sample_uniform_gap(key_st, n, gap, dtype)
+    elif self.name == "long_gap":
+      s, t = sample_long_gap(key_st, n, gap, dtype)
     elif self.name == "logit_normal":
       draws = sample_logit_normal(key_st, (2, n), self.logit_normal_mean, self.logit_normal_std,
                                   dtype)
@@ -303,4 +331,9 @@ class TimeDistribution:
       return OffDiagonalTimes(s=interpolant.time_of_noise_ratio(sigma_hi), t=ones, h=h,
                               weight=1.0 / (sigma_hi - sigma_lo),
                               s_target=interpolant.time_of_noise_ratio(sigma_lo))
+    if self.segment_fraction > 0:
+      key_seg, key_pick = jax.random.split(jax.random.fold_in(key_st, 1))
+      s_seg, t_seg = sample_segments(key_seg, n, self.segment_steps, gap, dtype)
+      pick = jax.random.uniform(key_pick, (n,), dtype) < self.segment_fraction
+      s, t = jnp.where(pick, s_seg, s), jnp.where(pick, t_seg, t)
     return OffDiagonalTimes(s=s, t=t, h=h)

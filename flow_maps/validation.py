@@ -315,6 +315,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   _number(config, "objective.ict_s1", low=config.objective.ict_s0, high=100_000, integer=True)
   _number(config, "objective.tangent_normalization", low=0.0)
   _number(config, "objective.tangent_warmup_steps", low=0, integer=True)
+  _number(config, "objective.segment_fraction", low=0.0, high=1.0)
+  _positive_ints("objective.segment_steps", config.objective.segment_steps, allow_empty=False)
+  if config.objective.segment_fraction and config.objective.times not in times.ANNEALED:
+    _fail("objective.segment_fraction", f"sampler segments mix into times in {times.ANNEALED} "
+          f"only, got times={config.objective.times!r}")
   if config.objective.pseudo_huber_c is not None:
     _number(config, "objective.pseudo_huber_c", low=0, low_open=True)
   try:  # the objective checks its own combinations, with messages that name the field

@@ -169,6 +169,30 @@ def test_uniform_gap_law(gap):
   np.testing.assert_array_equal(np.asarray(off.t), np.asarray(t4))
 
 
+@pytest.mark.parametrize("gap", [1.0, 0.3])
+def test_segment_law(gap):
+  """segments: s = k / N on the grid of an N-step sampler (N from `steps`, k uniform), t - s
+  uniform on [0, min(1 / N, gap)]; and segment_fraction mixes them into the base law's rows."""
+  steps = (1, 2, 4)
+  s, t = map(np.asarray, times.sample_segments(jax.random.key(5), N_SAMPLES, steps, gap))
+  s, d = s.astype(np.float64), (t - s).astype(np.float64)
+  grid = {k / n for n in steps for k in range(n)}
+  starts, counts = np.unique(np.round(s, 6), return_counts=True)
+  assert set(starts) == {round(g, 6) for g in grid}
+  # P(s = 0) = 1/3 (1 + 1/2 + 1/4); P(s = 1/4) = 1/12.
+  np.testing.assert_allclose(counts[0] / N_SAMPLES, (1 + 1 / 2 + 1 / 4) / 3, atol=0.01)
+  np.testing.assert_allclose(counts[1] / N_SAMPLES, 1 / 12, atol=0.01)
+  last = np.isclose(s, 0.75)  # only N = 4 starts there: d uniform on [0, min(1/4, gap)]
+  assert stats.kstest(d[last], lambda x: x / min(gap, 0.25)).pvalue > KS_P_MIN
+  assert stats.kstest(d[last], lambda x: x / min(gap, 0.5)).pvalue < 1e-10
+  assert np.all(d >= 0) and np.all(d <= gap + 1e-6) and np.all(s + d <= 1 + 1e-6)
+  mixed = times.TimeDistribution("uniform_gap", segment_fraction=0.3, segment_steps=steps)
+  off = mixed.off_diagonal(jax.random.key(6), N_SAMPLES, None, gap=gap)
+  on_grid = np.isin(np.round(np.asarray(off.s, np.float64), 6), [round(g, 6) for g in grid])
+  np.testing.assert_allclose(on_grid.mean(), 0.3, atol=0.015)  # the base law hits it w.p. 0
+  np.testing.assert_array_less(np.asarray(off.t - off.s), gap + 1e-6)
+
+
 def test_max_gap_annealing_schedule():
   """0 until anneal_start, then linear to 1 over anneal_steps; 1 throughout without annealing."""
   steps = jnp.array([0, 50, 100, 150, 200, 300, 400, 10_000])
