@@ -10,6 +10,14 @@ defaults move. The argument picks the stage:
   screen   one change at a time to it, seed 0
   after    the chosen recipe at the demo's budget, seeds 0, 1, 2
   long     the chosen recipe at twice the steps (30k, about 8 minutes), seeds 0, 1, 2
+  before_long  the demo as it was at 30k steps (its decay from 15k), seed 0: what the extra
+           steps give without the recipe
+  screen_after  one change at a time to the chosen recipe, seed 0: more rows on long gaps
+           (long_gap) and half the off-diagonal rows inside the steps of the 1-, 2- and
+           4-step samplers (segment_fraction 0.5)
+  preset_before, preset_screen, preset_after   the same for the best preset at four steps,
+           continuous-time consistency training (sCM): the demo budget with the published
+           schedule (seeds 0, 1, 2), one change at a time (seed 0), the chosen one (seeds 0, 1, 2)
 
   python experiments/sweep.py experiments/sweeps/recipe.py:screen --root=runs/recipe_screen run-all
 """
@@ -21,7 +29,8 @@ SEEDS = (0, 1, 2)
 BEFORE = {"model.width": 256, "model.depth": 4, "train.batch_size": 1024,
           "train.num_steps": 15_000, "optim.learning_rate": 2e-3, "optim.schedule": "rsqrt",
           "optim.decay_start": 7_500, "optim.decay_end": 0, "train.ema_decays": (0.999,),
-          "eval.params": "ema_0.999", "objective.diagonal_fraction": 0.75}
+          "eval.params": "ema_0.999", "objective.diagonal_fraction": 0.75,
+          "objective.times": "triangle"}
 # One change at a time (each a dict of overrides on BEFORE).
 LINEAR = {"optim.schedule": "linear", "optim.decay_end": 15_000}
 SCREEN = {
@@ -48,6 +57,25 @@ AFTER = {**LINEAR, "objective.times": "uniform_gap"}
 # The same at twice the steps (about 8 minutes of training here).
 LONG = {**AFTER, "train.num_steps": 30_000, "optim.decay_start": 15_000,
         "optim.decay_end": 30_000}
+BEFORE_LONG = {"train.num_steps": 30_000, "optim.decay_start": 15_000}
+SCREEN_AFTER = {
+    "long_gap": {"objective.times": "long_gap"},
+    "segments50": {"objective.segment_fraction": 0.5},
+}
+# The best preset at four steps in `docs/presets.md` (0.486 at N = 4), on the demo's budget. Its
+# own time law (t = 1, log-normal noise level) and no diagonal rows; the schedule and the
+# tangent warm-up (10,000 steps, sCM's, in a 15,000-step run) are what the screen moves.
+PRESET = "configs/checkerboard_consistency_training.py"
+PRESET_BASE = {k: v for k, v in BEFORE.items()  # the preset's own rows and time law
+               if k not in ("objective.diagonal_fraction", "objective.times")}
+PRESET_SCREEN = {
+    "linear": LINEAR,
+    "linear_warmup3750": {**LINEAR, "objective.tangent_warmup_steps": 3_750},
+    "warmup3750": {"objective.tangent_warmup_steps": 3_750},
+}
+PRESET_AFTER = PRESET_SCREEN["linear"]
+STAGES = ("before", "screen", "after", "long", "before_long", "screen_after", "preset_before",
+          "preset_screen", "preset_after")
 
 
 def get_sweep(arg=None):
@@ -58,7 +86,17 @@ def get_sweep(arg=None):
     members = [{**BEFORE, **change, "seed": 0} for change in SCREEN.values()]
   elif stage in ("after", "long"):
     members = [{**BEFORE, **(AFTER if stage == "after" else LONG), "seed": s} for s in SEEDS]
+  elif stage == "before_long":
+    members = [{**BEFORE, **BEFORE_LONG, "seed": 0}]
+  elif stage == "screen_after":
+    members = [{**BEFORE, **AFTER, **change, "seed": 0} for change in SCREEN_AFTER.values()]
+  elif stage in ("preset_before", "preset_after"):
+    change = PRESET_AFTER if stage == "preset_after" else {}
+    members = [{"config": PRESET, **PRESET_BASE, **change, "seed": s} for s in SEEDS]
+  elif stage == "preset_screen":
+    members = [{"config": PRESET, **PRESET_BASE, **change, "seed": 0}
+               for change in PRESET_SCREEN.values()]
   else:
-    raise ValueError(f"recipe sweep: unknown stage {stage!r}; allowed: before, screen, after, long")
+    raise ValueError(f"recipe sweep: unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
   return sweeps.Sweep(config="configs/checkerboard_lsd.py", variant="demo", members=members,
                       mode="train_and_eval", name=f"recipe_{stage}")
