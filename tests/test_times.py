@@ -170,6 +170,23 @@ def test_uniform_gap_law(gap):
 
 
 @pytest.mark.parametrize("gap", [1.0, 0.3])
+def test_long_gap_law(gap):
+  """long_gap: d = t - s with density 2 d / gap^2 on [0, gap], then s uniform on [0, 1 - d]; the
+  uniform gap's law is rejected; TimeDistribution('long_gap') draws exactly these."""
+  s, t = map(np.asarray, times.sample_long_gap(jax.random.key(3), N_SAMPLES, gap))
+  assert np.all(s >= 0) and np.all(t <= 1 + 1e-6) and np.all(t >= s)
+  s, d = s.astype(np.float64), (t - s).astype(np.float64)
+  assert stats.kstest(d, lambda x: (x / gap) ** 2).pvalue > KS_P_MIN
+  assert stats.kstest(s / (1 - d), "uniform").pvalue > KS_P_MIN
+  assert stats.kstest(d, lambda x: x / gap).pvalue < 1e-10
+  off = times.TimeDistribution("long_gap").off_diagonal(jax.random.key(4), N_SAMPLES, None,
+                                                         gap=gap)
+  s4, t4 = times.sample_long_gap(jax.random.split(jax.random.key(4))[0], N_SAMPLES, gap)
+  np.testing.assert_array_equal(np.asarray(off.s), np.asarray(s4))
+  np.testing.assert_array_equal(np.asarray(off.t), np.asarray(t4))
+
+
+@pytest.mark.parametrize("gap", [1.0, 0.3])
 def test_segment_law(gap):
   """segments: s = k / N on the grid of an N-step sampler (N from `steps`, k uniform), t - s
   uniform on [0, min(1 / N, gap)]; and segment_fraction mixes them into the base law's rows."""
@@ -230,3 +247,20 @@ def test_diagonal_times_are_uniform():
   t = np.asarray(times.sample_diagonal_times(jax.random.key(5), N_SAMPLES))
   assert t.dtype == np.float32
   assert stats.kstest(t, "uniform").pvalue > KS_P_MIN
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"segment_fraction": 1.5}, "objective.segment_fraction"),
+    ({"segment_steps": ()}, "objective.segment_steps"),
+    ({"segment_steps": (1, 0)}, "objective.segment_steps"),
+    ({"segment_fraction": 0.5, "times": "logit_normal"}, "segments mix into"),
+])
+def test_bad_segment_settings_are_named(fields, needle):
+  from flow_maps import config_defaults, validation
+  c = config_defaults.checkerboard("smoke")
+  c.objective.update(fields)
+  with pytest.raises(validation.ConfigError, match=needle):
+    validation.validate(c, num_devices=1)
+  c = config_defaults.checkerboard("smoke")
+  c.objective.update({"segment_fraction": 0.5, "times": "long_gap"})
+  validation.validate(c, num_devices=1)  # the valid neighbour passes
