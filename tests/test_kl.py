@@ -90,3 +90,57 @@ def test_quadrature_of_the_density(dataset):
   else:
     x = dataset.sample(jax.random.key(9), 200_000)
     assert p_log_p.sum() == pytest.approx(float(jnp.mean(dataset.log_density(x))), abs=0.01)
+
+
+def test_edge_band_of_the_checkerboard_and_where_a_blur_costs():
+  """support_edge_bins: the outer ring of bins of every cell (25 x 25 bins a cell at B = 100)
+  holds 1 - (23 / 25)^2 of the mass, three rings 1 - (19 / 25)^2; the per-bin terms sum to histogram_kl; blurring exact
+  samples across the cell edges raises the edge band's part of the KL, not the interior's."""
+  mass = kl.bin_mass(CHECKERBOARD)
+  band = kl.support_edge_bins(CHECKERBOARD, 1)
+  np.testing.assert_allclose(mass[band].sum(), 1 - (23 / 25) ** 2, rtol=1e-6)
+  assert not np.any(band & (mass <= 0))
+  wide = kl.support_edge_bins(CHECKERBOARD, 3)  # 3 bins = 0.06, twice the blur's std
+  np.testing.assert_allclose(mass[wide].sum(), 1 - (19 / 25) ** 2, rtol=1e-6)
+  x = CHECKERBOARD.sample(jax.random.key(0), 100_000)
+  blurred = x + 0.03 * jax.random.normal(jax.random.key(1), x.shape)
+  exact_terms = kl.histogram_kl_per_bin(x, CHECKERBOARD)
+  blur_terms = kl.histogram_kl_per_bin(blurred, CHECKERBOARD)
+  assert blur_terms.sum() == pytest.approx(kl.histogram_kl(blurred, CHECKERBOARD), rel=1e-12)
+  assert blur_terms[wide].sum() > exact_terms[wide].sum() + 0.1
+  assert abs(blur_terms[~wide].sum() - exact_terms[~wide].sum()) < 0.01
+
+
+def test_kl_edges_script_reads_a_runs_samples(tmp_path, capsys):
+  """experiments/kl_edges.py on a workdir with samples: one row per N and the data floor; the
+  blurred 'one-step' samples have the larger edge-band part; a directory that is no run, or has
+  no samples, is refused by name."""
+  import importlib.util
+  import json
+  import os
+
+  from flow_maps import config_defaults, workdir as workdir_lib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(
+      "kl_edges", os.path.join(root, "experiments", "kl_edges.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main([str(tmp_path)]) == 2
+  assert "no config.json" in capsys.readouterr().err
+  with open(tmp_path / workdir_lib.CONFIG_FILE, "w") as f:
+    json.dump(workdir_lib.config_as_json(config_defaults.checkerboard("smoke")), f)
+  with pytest.raises(SystemExit, match="--mode=sample"):
+    script.main([str(tmp_path)])
+  out = tmp_path / "samples" / "step_20_ema_0.9_n20000"
+  out.mkdir(parents=True)
+  x = np.asarray(CHECKERBOARD.sample(jax.random.key(0), 20_000))
+  np.save(out / "n16.npy", x)
+  np.save(out / "n1.npy", x + 0.03 * np.asarray(jax.random.normal(jax.random.key(1), x.shape)))
+  assert script.main([str(tmp_path)]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[2:]}
+  assert list(rows) == ["1", "16", "data"]
+  assert rows["1"][1] > rows["16"][1] + 0.05  # the edge band
+  assert rows["1"][3] > 0.02 and rows["16"][3] == 0.0  # mass off the support
+  for kl_total, band, interior, _ in rows.values():
+    assert kl_total == pytest.approx(band + interior, abs=2e-4)

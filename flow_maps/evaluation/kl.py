@@ -73,14 +73,45 @@ def histogram_density(samples, domain: Domain, bins: int = DEFAULT_BINS,
   return (counts + pseudo_count) / (n + pseudo_count * bins**2) / area
 
 
+def histogram_kl_per_bin(samples, dataset: Toy2D, bins: int = DEFAULT_BINS,
+                         pseudo_count: float = DEFAULT_PSEUDO_COUNT,
+                         subgrid: int = DEFAULT_SUBGRID,
+                         domain: Domain | None = None) -> np.ndarray:
+  """Each bin's term int_bin p log p - (int_bin p) log q_j of `histogram_kl`, [B, B]: where the
+  KL comes from (`support_edge_bins` splits it)."""
+  domain = tuple(map(tuple, domain or dataset.domain))
+  q = histogram_density(samples, domain, bins, pseudo_count)
+  mass, p_log_p = _density_integrals(dataset, domain, bins, subgrid)
+  return p_log_p - mass * np.log(q)
+
+
 def histogram_kl(samples, dataset: Toy2D, bins: int = DEFAULT_BINS,
                  pseudo_count: float = DEFAULT_PSEUDO_COUNT, subgrid: int = DEFAULT_SUBGRID,
                  domain: Domain | None = None) -> float:
   """KL(p || q) with q the histogram density of `samples` [n, 2] (recipe in the module doc)."""
-  domain = tuple(map(tuple, domain or dataset.domain))
-  q = histogram_density(samples, domain, bins, pseudo_count)
-  mass, p_log_p = _density_integrals(dataset, domain, bins, subgrid)
-  return float(np.sum(p_log_p) - np.sum(mass * np.log(q)))
+  return float(np.sum(histogram_kl_per_bin(samples, dataset, bins, pseudo_count, subgrid,
+                                           domain)))
+
+
+def bin_mass(dataset: Toy2D, bins: int = DEFAULT_BINS, subgrid: int = DEFAULT_SUBGRID,
+             domain: Domain | None = None) -> np.ndarray:
+  """int_bin p on the B x B bins, [B, B]."""
+  return _density_integrals(dataset, tuple(map(tuple, domain or dataset.domain)), bins,
+                            subgrid)[0]
+
+
+def support_edge_bins(dataset: Toy2D, width: int, bins: int = DEFAULT_BINS,
+                      subgrid: int = DEFAULT_SUBGRID, domain: Domain | None = None) -> np.ndarray:
+  """[B, B] bool: the bins with data mass that lie within `width` bins (in x or y) of a bin
+  without any, or of the domain's border: the band along the edges of the data's support
+  (the checkerboard's cells), where a continuous map's samples thin out first."""
+  mass = bin_mass(dataset, bins, subgrid, domain)
+  empty = np.pad(mass <= 0, width, constant_values=True)
+  near = np.zeros_like(mass, bool)
+  for dx in range(-width, width + 1):
+    for dy in range(-width, width + 1):
+      near |= empty[width + dx:width + dx + bins, width + dy:width + dy + bins]
+  return near & (mass > 0)
 
 
 def kl_noise_floor(dataset: Toy2D, num_samples: int, key: jax.Array, bins: int = DEFAULT_BINS,
