@@ -71,7 +71,6 @@ PRESET_BASE = {k: v for k, v in BEFORE.items()  # the preset's own rows and time
 PRESET_SCREEN = {
     "linear": LINEAR,
     "linear_warmup3750": {**LINEAR, "objective.tangent_warmup_steps": 3_750},
-    "warmup3750": {"objective.tangent_warmup_steps": 3_750},
 }
 PRESET_AFTER = PRESET_SCREEN["linear"]
 STAGES = ("before", "screen", "after", "long", "before_long", "screen_after", "preset_before",
