@@ -139,8 +139,8 @@ def common() -> ml_collections.ConfigDict:
   # Parameters of the time distributions (`times.TimeDistribution`), in this code's time direction.
   c.objective.logit_normal_mean = 0.4  # logit_normal: sigmoid(N(mean, std^2)); MeanFlow's -0.4
   c.objective.logit_normal_std = 1.0
-  # triangle | uniform_gap: this fraction of the off-diagonal rows inside one step of an N-step
-  # sampler, N in segment_steps: s = k / N, t ~ U[s, s + 1 / N] (`times.sample_segments`)
+  # triangle | uniform_gap | long_gap: this fraction of the off-diagonal rows inside one step of an
+  # N-step sampler, N in segment_steps: s = k / N, t ~ U[s, s + 1 / N] (`times.sample_segments`)
   c.objective.segment_fraction = 0.0
   c.objective.segment_steps = (1, 2, 4)
   c.objective.dyadic_levels = 7  # dyadic: t - s = 2^-k, k < levels (shortcut: 1 ... 1/64)
