@@ -296,3 +296,16 @@ def test_smoke_sweep_member_then_figures(tmp_path):
                         text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert os.path.exists(os.path.join(root, "mixture_nd_vs_lipschitz.png"))
+
+
+def test_seeds_size_is_four_cells_of_five_objectives_seed_major():
+  """The run of `docs/mixture_nd.md`: the chosen (d, separation) cells only, every objective,
+  three seeds, seed 0 complete before seed 1 starts."""
+  from flow_maps import sweeps
+  members = sweeps.load_sweep("experiments/sweeps/mixture_nd.py:seeds").expand()
+  assert len(members) == 60
+  cells = {(m.overrides["data.dim"], m.overrides["data.separation"]) for m in members}
+  assert cells == {(2, 1.0), (8, 1.0), (32, 1.0), (8, 4.0)}
+  assert [m.overrides["seed"] for m in members] == [0] * 20 + [1] * 20 + [2] * 20
+  assert {os.path.basename(m.config) for m in members} == {
+      f"mixture_nd_{o}.py" for o in ("lsd", "esd", "psd_m", "psd_u", "flow_matching")}

@@ -4,6 +4,7 @@ aggregate over members that are done, failed or missing."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import subprocess
@@ -217,3 +218,26 @@ def test_aggregate_cli_on_empty_root(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "15 member(s) without results" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "results.csv").read_text().count("\n") == 16
+
+
+def test_recipe_stages_pin_what_they_compare():
+  """experiments/sweeps/recipe.py: every stage expands; the demo as it was pins the triangle law
+  (the demo's default moved to the uniform gap), the sCM preset's members keep the preset's own
+  time law and diagonal fraction; an unknown stage is refused by name."""
+  recipe = "experiments/sweeps/recipe.py"
+  spec = importlib.util.spec_from_file_location("recipe", os.path.join(ROOT, recipe))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  for stage in module.STAGES:
+    members = sweeps.load_sweep(f"{os.path.join(ROOT, recipe)}:{stage}").expand()
+    for m in members:
+      if stage.startswith("preset"):
+        assert m.config.endswith("checkerboard_consistency_training.py")
+        assert "objective.times" not in m.overrides
+        assert "objective.diagonal_fraction" not in m.overrides
+      else:
+        assert m.overrides["objective.times"] in ("triangle", "uniform_gap", "long_gap", "dyadic")
+  before = sweeps.load_sweep(f"{os.path.join(ROOT, recipe)}:before").expand()
+  assert {m.overrides["objective.times"] for m in before} == {"triangle"}
+  with pytest.raises(ValueError, match="unknown stage"):
+    sweeps.load_sweep(f"{os.path.join(ROOT, recipe)}:nope")
