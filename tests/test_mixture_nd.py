@@ -227,6 +227,12 @@ def _fake_member(workdir, objective, dim, separation, seed, value):
     json.dump({"seed": seed, "objective": {"residual": residual},
                "data": {"dim": dim, "separation": separation, "component_std": 0.25}}, f)
   steps = {str(n): value * dim / n for n in (1, 2, 4, 8, 16)}
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:  # two logged lines: the last counts
+    for step in (2, 4):
+      line = {"step": step, "diagonal": 1.0 + step}
+      if residual != "diagonal":
+        line[residual] = 0.01 * step
+      f.write(json.dumps(line) + "\n")
   with open(os.path.join(workdir, "eval", "step_4.json"), "w") as f:
     json.dump({"step": 4, "params": "ema_0.9", "flow_map_error": steps, "w2": steps,
                "ode_flow_map_error": steps, "ode_w2": steps, "w2_floor": 0.1,
@@ -258,8 +264,9 @@ def test_figures_from_sweep_results(tmp_path):
   lsd = [r for r in rows if r["objective"] == "lsd" and r["dim"] == "4"][0]
   assert float(lsd["error_1"]) == pytest.approx(2.0) and float(lsd["error_4"]) == pytest.approx(0.5)
   assert lsd["sampler"] == "map" and float(lsd["lipschitz_exact"]) == pytest.approx(16.0)
+  assert float(lsd["loss_diagonal"]) == 5.0 and float(lsd["loss_off_diagonal"]) == 0.04
   fm = [r for r in rows if r["objective"] == "flow_matching"][0]
-  assert fm["sampler"] == "euler"
+  assert fm["sampler"] == "euler" and fm["loss_off_diagonal"] == "nan"
   for name in ("mixture_nd_vs_dim.png", "mixture_nd_vs_lipschitz.png"):
     assert os.path.getsize(os.path.join(root, name)) > 1000
 
