@@ -47,10 +47,11 @@ def split_kl(samples: np.ndarray, dataset, bins: int, width: int) -> dict[str, f
           "interior": float(terms[~band].sum()), "off_support": float(off)}
 
 
-def newest_samples(workdir: str) -> str:
+def newest_samples(workdir: str) -> str | None:
+  """The samples directory of the latest step under DIR/samples, or None if there is none."""
   found = glob.glob(os.path.join(workdir, "samples", "step_*"))
   if not found:
-    raise SystemExit(f"no samples under {workdir}/samples: write them with --mode=sample")
+    return None
   return max(found, key=lambda p: int(re.search(r"step_(\d+)", p).group(1)))
 
 
@@ -72,6 +73,10 @@ def main(argv=None) -> int:
     return 2
   dataset = data_lib.toy_dataset(config)
   directory = args.samples or newest_samples(args.workdir)
+  if directory is None:
+    print(f"no samples under {args.workdir}/samples: write them with --mode=sample",
+          file=sys.stderr)
+    return 2
   files = sorted(glob.glob(os.path.join(directory, "n*.npy")),
                  key=lambda p: int(re.search(r"n(\d+)\.npy$", p).group(1)))
   if not files:
