@@ -110,6 +110,12 @@ def sample_diagonal_times(key: Array, n: int, dtype=jnp.float32) -> Array:
   return jax.random.uniform(key, (n,), dtype)
 
 
+def _place_gap(key: Array, d: Array, dtype) -> tuple[Array, Array]:
+  """(s, s + d) with s ~ U[0, 1 - d]: a drawn gap placed uniformly where it fits in [0, 1]."""
+  s = jax.random.uniform(key, d.shape, dtype) * (1.0 - d)
+  return s, s + d
+
+
 def sample_triangle(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32) -> tuple[Array, Array]:
   """(s, t) uniform on {0 <= s <= t <= 1, t - s <= gap}.
 
@@ -122,8 +128,7 @@ def sample_triangle(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32) -> 
   r = jax.random.uniform(key_gap, (n,), dtype)
   d = 1.0 - jnp.sqrt(jnp.maximum(1.0 - r * gap * (2.0 - gap), 0.0))
   d = jnp.minimum(d, gap)
-  s = jax.random.uniform(key_s, (n,), dtype) * (1.0 - d)
-  return s, s + d
+  return _place_gap(key_s, d, dtype)
 
 
 def sample_uniform_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
@@ -135,8 +140,7 @@ def sample_uniform_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
   """
   key_gap, key_s = jax.random.split(key)
   d = jax.random.uniform(key_gap, (n,), dtype) * jnp.asarray(gap, dtype)
-  s = jax.random.uniform(key_s, (n,), dtype) * (1.0 - d)
-  return s, s + d
+  return _place_gap(key_s, d, dtype)
 
 
 def sample_long_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
@@ -145,8 +149,7 @@ def sample_long_gap(key: Array, n: int, gap: Array = 1.0, dtype=jnp.float32
   s ~ U[0, 1 - d]: the triangle's law of d mirrored, P(d > 0.9) = 0.19."""
   key_gap, key_s = jax.random.split(key)
   d = jnp.sqrt(jax.random.uniform(key_gap, (n,), dtype)) * jnp.asarray(gap, dtype)
-  s = jax.random.uniform(key_s, (n,), dtype) * (1.0 - d)
-  return s, s + d
+  return _place_gap(key_s, d, dtype)
 
 
 def sample_segments(key: Array, n: int, steps: tuple[int, ...], gap: Array = 1.0,
@@ -257,6 +260,9 @@ class TimeDistribution:
   - triangle: the paper's; t ~ U[0, 1] on the diagonal, (s, t) uniform on s <= t (annealed gap).
   - uniform_gap: the gap t - s uniform on [0, 1] (annealed), then s uniform where it fits: more
     long jumps than the triangle (not published; `docs/recipe.md`).
+  - long_gap: the same with the gap's density 2 d, still more long jumps (not published).
+  With `segment_fraction` > 0, that fraction of the rows of these three laws is drawn inside one
+  step of an N-step sampler instead (`sample_segments`).
   - logit_normal: MeanFlow's; two draws of sigmoid(N(mean, std^2)) sorted into s <= t, the
     diagonal rows at the smaller draw of their own pair (MeanFlow's r = t rows, translated to this
     time direction: `mean` here is minus MeanFlow's).
